@@ -14,3 +14,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small generated shop in the three real formats (Amazon/P5, POG, MovieLens), shared by tests."""
+    from common.data.demo import generate_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo(out, n_users=40, n_items=60, seed=0)
+    return out

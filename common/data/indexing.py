@@ -1,0 +1,229 @@
+"""Pluggable item indexing: the id string each item gets in prompts (vip5_reference §6.1, §7).
+
+P5/VIP5 number items by first appearance along each user's *full* sequence, so a held-out item is often the
+next unused integer after the user's history ids: a model can score by arithmetic on ids (§6.1). The
+schemes here:
+
+- ``original``: the ids of the source files (faithful mode; leaky on the P5 Amazon files);
+- ``appearance``: P5's numbering recomputed from the corpus (first appearance along full sequences), to
+  reproduce the leak on sources whose own ids do not have it (MovieLens, POG);
+- ``sequential``: OpenP5's time-aware train-first numbering: every user's training part first, then the
+  held-out items, so held-out items no longer get the next free number;
+- ``random``: a seeded shuffle numbered from 1001 (OpenP5), every id with the same number of digits.
+
+New schemes subclass :class:`ItemIndexing` and register with ``@register_indexing("name")``; prompts and
+decoding tries only ever read an :class:`ItemIndex`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.data.corpus import Corpus, DataError
+from common.data.splits import LeaveOneOut, leave_one_out
+from common.io import write_json
+
+
+@dataclass
+class ItemIndex:
+    """item id -> id string used in prompts, and back.
+
+    Attributes:
+        name: the indexing scheme that produced it.
+        to_id: item id -> prompt id string; must be injective.
+        tokens: prompt id string -> its new vocabulary tokens (for schemes such as collaborative or semantic
+            ids that add tokens); None for plain-text ids.
+        to_item: inverse of ``to_id`` (derived).
+    """
+
+    name: str
+    to_id: dict[str, str]
+    tokens: dict[str, list[str]] | None = None
+    to_item: dict[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.to_item = {v: k for k, v in self.to_id.items()}
+        if len(self.to_item) != len(self.to_id):
+            seen: dict[str, str] = {}
+            for item, id_ in self.to_id.items():
+                if id_ in seen:
+                    raise ValueError(f"indexing {self.name!r}: items {seen[id_]!r} and {item!r} share id {id_!r}")
+                seen[id_] = item
+        if self.tokens is not None and set(self.tokens) != set(self.to_item):
+            raise ValueError(f"indexing {self.name!r}: tokens must be given for exactly the ids of to_id")
+
+    def __len__(self) -> int:
+        return len(self.to_id)
+
+    def ids(self, items: Iterable[str]) -> list[str]:
+        return [self.to_id[i] for i in items]
+
+    def items(self, ids: Iterable[str]) -> list[str]:
+        return [self.to_item[i] for i in ids]
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"name": self.name, "to_id": self.to_id, "tokens": self.tokens})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemIndex:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(data["name"], data["to_id"], data.get("tokens"))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{path}: not an item index file: {e}") from e
+
+
+class ItemIndexing:
+    """Base class: ``fit(corpus, split)`` returns the ItemIndex of every catalogue item.
+
+    Args:
+        seed: for schemes with randomness (ignored by deterministic ones).
+    """
+
+    name = "base"
+
+    def __init__(self, seed: int = 2022) -> None:
+        self.seed = seed
+
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+        raise NotImplementedError
+
+
+INDEXINGS: dict[str, type[ItemIndexing]] = {}
+
+
+def register_indexing(name: str) -> Callable[[type[ItemIndexing]], type[ItemIndexing]]:
+    def deco(cls: type[ItemIndexing]) -> type[ItemIndexing]:
+        if name in INDEXINGS:
+            raise ValueError(f"item indexing {name!r} is already registered")
+        cls.name = name
+        INDEXINGS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_indexing(
+    name: str, corpus: Corpus, split: LeaveOneOut | None = None, seed: int = 2022, **kwargs
+) -> ItemIndex:
+    """Fit the indexing registered as ``name``; kwargs go to its constructor (e.g. ``start``)."""
+    try:
+        cls = INDEXINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown item indexing {name!r}; valid names: {', '.join(sorted(INDEXINGS))}") from None
+    return cls(seed=seed, **kwargs).fit(corpus, split)
+
+
+def _with_rest(first: Iterable[str], corpus: Corpus) -> list[str]:
+    """``first`` without repeats, then every other catalogue item in corpus order."""
+    order = dict.fromkeys(i for i in first if i in corpus.items)
+    order.update(dict.fromkeys(corpus.items))
+    return list(order)
+
+
+class _Numbered(ItemIndexing):
+    """Numbers items ``start, start+1, ...`` in the order given by ``order(corpus, split)``."""
+
+    def __init__(self, seed: int = 2022, start: int = 1) -> None:
+        super().__init__(seed)
+        self.start = start
+
+    def order(self, corpus: Corpus, split: LeaveOneOut) -> list[str]:
+        raise NotImplementedError
+
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+        order = self.order(corpus, split if split is not None else leave_one_out(corpus))
+        return ItemIndex(self.name, {item: str(self.start + k) for k, item in enumerate(order)})
+
+
+@register_indexing("original")
+class OriginalIndexing(ItemIndexing):
+    """The ids written in the source files."""
+
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+        return ItemIndex(self.name, {i: i for i in corpus.items})
+
+
+@register_indexing("appearance")
+class AppearanceIndexing(_Numbered):
+    """P5's leaky numbering: first appearance while walking each user's full sequence, users in corpus order."""
+
+    def order(self, corpus: Corpus, split: LeaveOneOut) -> list[str]:
+        return _with_rest((i for seq in corpus.sequences.values() for i in seq), corpus)
+
+
+@register_indexing("sequential")
+class SequentialIndexing(_Numbered):
+    """OpenP5 time-aware sequential indexing: training parts first, then held-out items, then the rest.
+
+    Users are walked in corpus order, first over their training parts (``split.train``), then over their
+    val and test targets; items no split user touched come last in corpus order.
+    """
+
+    def order(self, corpus: Corpus, split: LeaveOneOut) -> list[str]:
+        train = (i for seq in split.train.values() for i in seq)
+        held = (t for u in split.test for t in (split.val[u][1], split.test[u][1]))
+        return _with_rest((*train, *held), corpus)
+
+
+@register_indexing("random")
+class RandomIndexing(ItemIndexing):
+    """Seeded shuffle numbered from ``start``. By default ``start`` is the smallest 10**k + 1 (k >= 3) that
+    keeps every id at the same number of digits: 1001 for up to 8,999 items, as in OpenP5."""
+
+    def __init__(self, seed: int = 2022, start: int | None = None) -> None:
+        super().__init__(seed)
+        self.start = start
+
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+        order = list(corpus.items)
+        random.Random(self.seed).shuffle(order)
+        start = self.start
+        if start is None:
+            k = 3
+            while 10**k + len(order) >= 10 ** (k + 1):
+                k += 1
+            start = 10**k + 1
+        return ItemIndex(self.name, {item: str(start + n) for n, item in enumerate(order)})
+
+
+def next_unused_id_ranking(history_ids: list[int], n_items: int, k: int) -> list[int]:
+    """Model-free ranking that exploits P5's id leak (§6.1); a sanity baseline, not a recommender.
+
+    Candidate order: max+1, max+2, last+1, last+2, then max+3, max+4, ... up to ``n_items``, then downwards
+    from max-1 to 1. Ids in the history, repeats and ids outside 1..n_items are skipped; at most k are returned.
+    """
+    if not history_ids:
+        return list(range(1, min(k, n_items) + 1))
+    hist, top, last = set(history_ids), max(history_ids), history_ids[-1]
+    out: dict[int, None] = {}
+
+    def candidates():
+        yield from (top + 1, top + 2, last + 1, last + 2)
+        yield from range(top + 3, n_items + 1)
+        yield from range(min(top, n_items + 1) - 1, 0, -1)
+
+    for c in candidates():
+        if len(out) == k:
+            break
+        if 1 <= c <= n_items and c not in hist:
+            out[c] = None
+    return list(out)
+
+
+def leak_rate(split: LeaveOneOut, index: ItemIndex) -> float:
+    """Share of test users whose target id is max(history ids) + 1 under ``index`` (numeric ids only)."""
+    hits = total = 0
+    for hist, target in split.test.values():
+        try:
+            ids = [int(i) for i in index.ids(hist)]
+            t = int(index.to_id[target])
+        except ValueError:
+            raise ValueError(f"leak_rate needs numeric ids; indexing {index.name!r} has non-numeric ones") from None
+        total += 1
+        hits += bool(ids) and t == max(ids) + 1
+    return hits / total if total else 0.0

@@ -1,0 +1,186 @@
+"""Trie-constrained beam search and likelihood ranking on a tiny random T5 with hand-made token ids."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from vip5.decoding import (
+    ItemTrie,
+    TrieLogitsProcessor,
+    beam_search_items,
+    invalid_rate,
+    rank_candidates_by_likelihood,
+    t5_score_fn,
+)
+
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def model() -> T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=50, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=16,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS,
+    )
+    return T5ForConditionalGeneration(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> dict[str, list[int]]:
+    """30 items of 1-3 tokens (ids 2..49) sharing prefixes, like "12", "1234", "▁12" + "3"; eos appended by the trie."""
+    rng = random.Random(0)
+    items: dict[str, list[int]] = {}
+    seen = set()
+    while len(items) < 30:
+        seq = tuple(rng.choice([5, 6, 7]) if i == 0 else rng.randrange(2, 50) for i in range(rng.randint(1, 3)))
+        if seq not in seen:
+            seen.add(seq)
+            items[f"item{len(items)}"] = list(seq)
+    return items
+
+
+def _inputs(batch: int = 3, length: int = 7) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 50, (batch, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_trie_structure(catalogue):
+    trie = ItemTrie(catalogue)
+    assert len(trie) == 30 and "item3" in trie
+    assert trie.allowed_tokens([0]) == sorted({s[0] for s in catalogue.values()})
+    for item, seq in catalogue.items():
+        assert trie.item_of([0, *seq, EOS, 0, 0]) == item
+        assert trie.allowed_tokens([0, *seq]) == sorted(
+            {o[len(seq)] for o in catalogue.values() if o[: len(seq)] == seq and len(o) > len(seq)} | {EOS}
+        )
+        assert trie.allowed_tokens([0, *seq, EOS]) == [0]  # after a complete id: pad only
+        assert trie.item_of([0, *seq]) is None  # no eos: not complete
+    assert trie.allowed_tokens([0, 99]) == [EOS]  # off the trie: only end the beam
+    assert trie.dead_branches(["item0", "item0"]) == trie.dead_branches(["item0"])  # repeated history items
+    with pytest.raises(ValueError, match="same token ids"):
+        ItemTrie({"a": [5, 6], "b": [5, 6, EOS]})
+    with pytest.raises(ValueError, match="eos token"):
+        ItemTrie({"a": [5, EOS, 6]})
+
+
+def test_processor_masks_exactly_the_allowed_tokens(catalogue):
+    trie = ItemTrie(catalogue)
+    first = catalogue["item0"][:1]
+    prefixes = [[0, *first], [0, *catalogue["item0"]], [0, 42, 42], [0, *catalogue["item0"], EOS]]
+    prefixes = [p[:2] for p in prefixes]  # one batch of equal-length rows: on-trie, off-trie, ...
+    ids = torch.tensor(prefixes)
+    out = TrieLogitsProcessor(trie)(ids, torch.zeros(len(prefixes), 50))
+    for row, p in zip(out, prefixes):
+        assert torch.isfinite(row).nonzero().flatten().tolist() == trie.allowed_tokens(p)
+    root = TrieLogitsProcessor(trie)(torch.zeros(2, 1, dtype=torch.long), torch.randn(2, 50))
+    assert torch.isfinite(root).sum(1).tolist() == [len(trie.allowed_tokens([0]))] * 2
+
+
+def test_processor_dense_path_for_wide_nodes():
+    """One token per item: the root allows most of the vocabulary, so the processor switches to dense masks."""
+    trie = ItemTrie({f"i{t}": [t] for t in range(2, 45)})
+    ids = torch.tensor([[0], [0], [0]])
+    excluded = [{"i2", "i3"}, set(), {"i44"}]
+    out = TrieLogitsProcessor(trie, num_beams=1, exclude=excluded)(ids, torch.randn(3, 50))
+    for row, ex in zip(out, excluded):
+        assert set(torch.isfinite(row).nonzero().flatten().tolist()) == set(range(2, 45)) - {int(i[1:]) for i in ex}
+    mixed = torch.tensor([[0, 7], [0, 9], [0, 99]])  # distinct nodes: after an item, after an item, off the trie
+    out = TrieLogitsProcessor(trie)(mixed, torch.zeros(3, 50))
+    assert [torch.isfinite(r).nonzero().flatten().tolist() for r in out] == [[1], [1], [1]]
+    two_level = ItemTrie({**{f"a{t}": [5, t] for t in range(2, 46)}, "b": [6, 2]})  # distinct nodes, one wide
+    out = TrieLogitsProcessor(two_level)(torch.tensor([[0, 5], [0, 6]]), torch.zeros(2, 50))
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == list(range(2, 46))
+    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [2]
+
+
+def test_exclusion_masks_only_excluded_branches(catalogue):
+    trie = ItemTrie(catalogue)
+    rng = random.Random(3)
+    for _ in range(20):
+        banned = set(rng.sample(list(catalogue), rng.randint(1, 20)))
+        proc = TrieLogitsProcessor(trie, num_beams=1, exclude=[banned])
+        live = {tuple(s + [EOS]) for i, s in catalogue.items() if i not in banned}
+        prefixes = {(0, *s[:j]) for s in (list(x) for x in live) for j in range(len(s))}
+        for p in prefixes:
+            out = proc(torch.tensor([list(p)]), torch.zeros(1, 50))
+            allowed = set(torch.isfinite(out[0]).nonzero().flatten().tolist())
+            expected = {s[len(p) - 1] for s in live if s[: len(p) - 1] == p[1:]}
+            assert allowed == expected
+
+
+def test_constrained_beam_search_returns_only_catalogue_items(model, catalogue):
+    trie = ItemTrie(catalogue)
+    results = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5)
+    assert len(results) == 3
+    for r in results:
+        assert r.invalid == [] and len(r.items) == 5 and len(set(r.items)) == 5
+        assert all(i in catalogue for i in r.items)
+        assert r.scores == sorted(r.scores, reverse=True)
+    # same beams as HF's own prefix_allowed_tokens_fn constraint (the processor is a faster equivalent)
+    ref = model.generate(**_inputs(), num_beams=5, num_return_sequences=5, max_new_tokens=trie.max_new_tokens,
+                         prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn, early_stopping=True)
+    ref_items = [trie.item_of(s) for s in ref.tolist()]
+    assert [i for r in results for i in sorted(r.items)] == [
+        i for b in range(3) for i in sorted(ref_items[b * 5 : (b + 1) * 5])
+    ]
+    excluded = [set(results[0].items[:2]), set(), set(results[2].items)]
+    again = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5, exclude=excluded)
+    for r, ex in zip(again, excluded):
+        assert len(r.items) == 5 and not (set(r.items) & ex)
+    assert again[1].items == results[1].items
+
+
+def test_unconstrained_search_reports_invalid_ids(model, catalogue):
+    trie = ItemTrie(catalogue)
+    results = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5, constrained=False,
+                                max_new_tokens=4)
+    assert invalid_rate(results) > 0.5  # a random model rarely spells a catalogue id
+    assert all(i in catalogue for r in results for i in r.items)
+
+
+def test_duplicates_keep_their_best_rank(catalogue):
+    trie = ItemTrie(catalogue)
+    seqs = [[0, 77, EOS], [0, 78, EOS], [0, 79, EOS], [0, *catalogue["item1"], EOS]]
+    fake = SimpleNamespace(
+        sequences=torch.tensor([s + [0] * (6 - len(s)) for s in seqs]),
+        sequences_scores=torch.tensor([-0.1, -0.2, -0.3, -0.4]),
+    )
+    decode = {77: "item5", 78: "junk", 79: "item5"}.get
+    res = beam_search_items(lambda **kw: fake, {}, trie, num_beams=4, k=4, constrained=False,
+                            decode_fn=lambda ids: decode(ids[1], "?"))
+    assert res[0].items == ["item5", "item1"] and res[0].invalid == ["junk"] and res[0].n_duplicates == 1
+    assert res[0].scores == pytest.approx([-0.1, -0.4])
+
+
+def test_likelihood_ranking_equals_brute_force(model, catalogue):
+    inputs = _inputs(batch=3)
+    rng = random.Random(5)
+    names = [rng.sample(list(catalogue), n) for n in (5, 2, 6)]
+    cands = [[catalogue[i] for i in row] for row in names]
+    with torch.no_grad():
+        enc = model.get_encoder()(**inputs).last_hidden_state
+        got = rank_candidates_by_likelihood(t5_score_fn(model), enc, inputs["attention_mask"], cands,
+                                            eos_token_id=EOS, max_pairs=4)  # chunks span rows
+        mean = rank_candidates_by_likelihood(t5_score_fn(model), enc, inputs["attention_mask"], cands,
+                                             eos_token_id=EOS, length_normalize=True)
+        for r, row in enumerate(cands):
+            brute = []
+            for c in row:  # one teacher-forced forward per candidate, from the raw inputs
+                labels = torch.tensor([c + [EOS]])
+                logits = model(input_ids=inputs["input_ids"][r : r + 1],
+                               attention_mask=inputs["attention_mask"][r : r + 1], labels=labels).logits
+                brute.append(torch.log_softmax(logits, -1)[0, torch.arange(labels.shape[1]), labels[0]].sum())
+            brute = torch.stack(brute)
+            lengths = torch.tensor([len(c) + 1 for c in row], dtype=torch.float)
+            assert torch.allclose(got.scores[r], brute, atol=1e-5)
+            assert torch.allclose(mean.scores[r], brute / lengths, atol=1e-5)
+            assert got.rankings[r] == sorted(range(len(row)), key=lambda j: -brute[j].item())
+    ranked = got.ranked(names)
+    assert [sorted(x) for x in ranked] == [sorted(x) for x in names] and ranked[0][0] == names[0][got.rankings[0][0]]

@@ -1,0 +1,156 @@
+"""Model-free baselines, scored with the same metric code as the model.
+
+* :func:`popularity_ranking`: items by training-interaction count. A model that learns must beat it.
+* :func:`next_unused_id_ranking`: the id-leak heuristic of vip5_reference §6.1. P5/VIP5 number items by first
+  appearance along each user's full sequence, so a held-out item is often the next unused integer after the
+  user's history ids. The heuristic guesses ``max+1, max+2, last+1, last+2``, then ``h+1`` for each history id h
+  (most recent first), then ``max+3, max+4, ...``, skipping ids in the history. It is a sanity check: it scores
+  near P5's own numbers on the official ids and about zero on leak-free (re-indexed) ids.
+
+Both rank the full catalogue (sequential prompts) or, given ``candidates``, each user's candidate list (direct
+prompts B-5..B-8). Item ids are strings, as everywhere; the heuristic needs integer-valued id strings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+
+from common.metrics.ranking import RankingMetrics, rank_of_target
+
+
+def item_popularity(train_sequences: Mapping[str, Sequence[str]]) -> Counter:
+    """Interaction count per item over the training sequences."""
+    counts: Counter = Counter()
+    for seq in train_sequences.values():
+        counts.update(seq)
+    return counts
+
+
+def popularity_ranking(
+    train_sequences: Mapping[str, Sequence[str]],
+    k: int,
+    exclude_history: bool = True,
+    *,
+    histories: Mapping[str, Sequence[str]] | None = None,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+    catalogue: Sequence[str] | None = None,
+) -> dict[str, list[str]]:
+    """Most popular items per user, best first.
+
+    Args:
+        train_sequences: user -> training items; popularity is counted here (no val/test leakage).
+        k: list length (a candidate list is returned whole when ``k`` exceeds it).
+        exclude_history: skip items of the user's history (not applied to candidate lists, which are given).
+        histories: user -> history to exclude and users to rank (default: ``train_sequences``; at test time pass
+            the test histories, which also hold the validation item).
+        candidates: user -> candidate list (direct prompts): rank it by popularity instead of the catalogue.
+        catalogue: every item, to rank never-seen items last (order kept); default: the items seen in training.
+    Ties keep first-seen order (deterministic).
+    """
+    counts = item_popularity(train_sequences)
+    order = {iid: n for n, iid in enumerate(counts)}  # first-seen order breaks ties
+    histories = train_sequences if histories is None else histories
+    if candidates is not None:
+        return {
+            uid: sorted(cands, key=lambda i: (-counts.get(i, 0), order.get(i, len(order))))[:k]
+            for uid, cands in candidates.items()
+        }
+    ranked = sorted(counts, key=lambda i: (-counts[i], order[i]))
+    if catalogue is not None:
+        seen = set(ranked)
+        ranked += [i for i in catalogue if i not in seen]
+    out = {}
+    for uid, hist in histories.items():
+        banned = set(hist) if exclude_history else set()
+        top: list[str] = []
+        for iid in ranked:
+            if iid not in banned:
+                top.append(iid)
+                if len(top) == k:
+                    break
+        out[uid] = top
+    return out
+
+
+def _as_int(iid: str) -> int:
+    try:
+        return int(iid)
+    except ValueError:
+        raise ValueError(f"next_unused_id_ranking needs integer item ids, got {iid!r}") from None
+
+
+def _heuristic_head(history: Sequence[str]) -> list[int]:
+    """The heuristic's first guesses: max+1, max+2, last+1, last+2, then h+1 per history id, most recent first."""
+    ids = [_as_int(i) for i in history]
+    top, last = max(ids), ids[-1]
+    return [top + 1, top + 2, last + 1, last + 2] + [h + 1 for h in reversed(ids)]
+
+
+def next_unused_id_ranking(
+    histories: Mapping[str, Sequence[str]],
+    k: int,
+    *,
+    catalogue: Collection[str] | None = None,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, list[str]]:
+    """The id-leak heuristic per user (see module doc), best first.
+
+    Args:
+        histories: user -> history item ids (integer strings), oldest first.
+        k: list length.
+        catalogue: valid item ids (skip the rest). After the guesses ``max+3, max+4, ...`` run out of the catalogue,
+            its remaining ids follow by distance to the history's max. None: any positive integer is an id.
+        candidates: user -> candidate list (direct prompts): the candidates the heuristic's first guesses name
+            come first, in its order; the others follow by distance to the history's max (then by id).
+    """
+    valid = None if catalogue is None else {str(i) for i in catalogue}
+    upper = max((_as_int(i) for i in valid), default=0) if valid is not None else None
+    out = {}
+    for uid, hist in histories.items():
+        if not hist:
+            raise ValueError(f"user {uid!r} has an empty history")
+        top = max(_as_int(i) for i in hist)
+        head = _heuristic_head(hist)
+        if candidates is not None:
+            cands = {_as_int(c): c for c in candidates[uid]}
+            position: dict[int, int] = {}
+            for n, iid in enumerate(head):
+                position.setdefault(iid, n)
+            key = {c: (position.get(c, len(head)), abs(c - top), c) for c in cands}
+            out[uid] = [cands[c] for c in sorted(cands, key=key.__getitem__)][:k]
+            continue
+        banned = set(hist)
+        ranked: list[str] = []
+        taken: set[str] = set()
+
+        def take(iid: int) -> None:
+            s = str(iid)
+            if iid >= 1 and s not in banned and s not in taken and (valid is None or s in valid):
+                taken.add(s)
+                ranked.append(s)
+
+        for iid in head:
+            take(iid)
+        step = 3
+        while len(ranked) < k and (upper is None or top + step <= upper):
+            take(top + step)
+            step += 1
+        if len(ranked) < k and valid is not None:  # guesses exhausted: nearest remaining catalogue ids
+            rest = [i for i in valid if i not in banned and i not in taken]
+            ranked += sorted(rest, key=lambda i: (abs(int(i) - top), int(i)))[: k - len(ranked)]
+        out[uid] = ranked[:k]
+    return out
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Sequence[str]], targets: Mapping[str, str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR of per-user ranked lists against one target item per user."""
+    users = list(targets)
+    missing = [u for u in users if u not in rankings]
+    if missing:
+        raise KeyError(f"no ranking for {len(missing)} user(s), e.g. {missing[:3]}")
+    metric = RankingMetrics(ks=ks)
+    metric.update(rank_of_target([rankings[u] for u in users], [targets[u] for u in users]))
+    return {name: float(v) for name, v in metric.compute().items()}

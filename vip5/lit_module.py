@@ -1,0 +1,228 @@
+"""VIP5LitModule: training, validation, evaluation and prediction around a plain VIP5Model.
+
+The model (``vip5.model.VIP5Model``) is built in :meth:`configure_model`, once the data side has
+connected: the tokenizer (loaded by name, or trained on the corpus for a from-config backbone) and the
+image-feature width come from there. Checkpoints of adapter runs hold only what is not in the named
+backbone (trainable weights plus the new embedding tables), and reload onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+
+from vip5.adapters import AdapterConfig
+from vip5.data import PromptConfig, VIP5SampleBuilder
+from vip5.evaluation import EvalConfig, Evaluator
+
+log = logging.getLogger(__name__)
+
+
+class VIP5LitModule(L.LightningModule):
+    """VIP5 on a frozen T5 with bottleneck adapters and CLIP image tokens (vip5_reference §1, §4).
+
+    Args:
+        backbone: T5 weights by name or folder (``t5-small``, a P5 checkpoint folder). Ignored when
+            ``backbone_config`` is given.
+        backbone_config: ``transformers.T5Config`` keyword arguments for a from-config (random init) backbone,
+            used by the offline default.
+        tokenizer: tokenizer name/folder; None uses ``backbone``. ``train`` trains a SentencePiece model on the
+            corpus text (offline default; it is stored in every checkpoint).
+        tokenizer_vocab_size: vocabulary size when ``tokenizer: train``.
+        n_image_tokens: image tokens per item (n); 0 gives a text-only P5-style model.
+        adapter: bottleneck adapter settings (sites, reduction factor, shared or per task); None = defaults.
+        training_mode: ``adapters`` (adapters + layer norms + visual mapper), ``adapters_self_attn_only``, or
+            ``full`` finetuning (the paper's RQ2 ablation).
+        train_word_embeddings: train the whole-word and category tables (frozen random codes in the original).
+        prompts: prompt sampling settings (templates, samples per user, history length ...).
+        evaluation: decoding and metric settings for ``vip5 test`` / ``vip5 predict``.
+        loss_normalization: ``token`` (mean over target tokens, default) or ``double`` (the original code's
+            per-sample mean divided again by the target length, vip5_reference §1.6).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of training steps with linear warmup, then linear decay to 0.
+        adam_eps: AdamW epsilon.
+        decay_norms: also decay layer-norm weights (the original's name-mismatch quirk, §6.2.8).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "t5-small",
+        backbone_config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        tokenizer_vocab_size: int = 2000,
+        n_image_tokens: int = 2,
+        adapter: AdapterConfig | None = None,
+        training_mode: Literal["adapters", "adapters_self_attn_only", "full"] = "adapters",
+        train_word_embeddings: bool = False,
+        prompts: PromptConfig | None = None,
+        evaluation: EvalConfig | None = None,
+        loss_normalization: Literal["token", "double"] = "token",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        adam_eps: float = 1e-6,
+        decay_norms: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.adapter_config = adapter or AdapterConfig()
+        self.prompt_config = prompts or PromptConfig()
+        self.eval_config = evaluation or EvalConfig()
+        self.sample_builder = VIP5SampleBuilder(
+            self.prompt_config,
+            n_image_tokens=n_image_tokens,
+            tokenizer=tokenizer or (None if backbone_config else backbone),
+            tokenizer_vocab_size=tokenizer_vocab_size,
+        )
+        self.model = None  # built in configure_model, once the data side has connected
+        self.strict_loading = False  # adapter checkpoints omit the frozen backbone
+        self._evaluator: Evaluator | None = None
+
+    # -- model construction ---------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from vip5.model import VIP5Model
+
+        builder = self.sample_builder
+        if getattr(builder, "tokenizer", None) is None:
+            raise RuntimeError("VIP5LitModule needs its sample builder connected to data before the model is built")
+        hp = self.hparams
+        n_image_tokens = hp.n_image_tokens if builder.feature_dim > 0 else 0
+        if hp.n_image_tokens and not n_image_tokens:
+            log.warning("no image features available: building a text-only model (n_image_tokens=0)")
+        self.model = VIP5Model(
+            backbone=hp.backbone,
+            backbone_config=hp.backbone_config,
+            vocab_size=len(builder.tokenizer),
+            feature_dim=max(builder.feature_dim, 1),
+            n_image_tokens=n_image_tokens,
+            adapter=self.adapter_config,
+            training_mode=hp.training_mode,
+            train_word_embeddings=hp.train_word_embeddings,
+            image_token_id=builder.image_token_id,
+        )
+
+    @property
+    def backbone_from_config(self) -> bool:
+        return self.hparams.backbone_config is not None
+
+    def on_fit_start(self) -> None:
+        counts = self.model.count_parameters()
+        groups = ", ".join(f"{k} {v:,}" for k, v in counts.get("by_group", {}).items())
+        rank_zero_info(
+            f"VIP5 trainable parameters: {counts['trainable']:,} / {counts['total']:,} "
+            f"({counts['pct']:.2f}%) [{groups}] mode={self.hparams.training_mode}"
+        )
+        self.log_dict({"params/trainable": float(counts["trainable"]), "params/pct": float(counts["pct"])})
+
+    # -- checkpoints: only what the named backbone does not provide ------------------------------
+    def _saved_keys(self) -> set[str] | None:
+        """State-dict keys to keep; None keeps everything (from-config backbone or full finetuning)."""
+        if self.backbone_from_config or self.hparams.training_mode == "full":
+            return None
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        keep |= {f"model.{k}" for k, _ in self.model.named_parameters() if "word_embeddings" in k or "category" in k}
+        return keep
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self._saved_keys()
+        if keep is not None:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["vip5"] = self.sample_builder.checkpoint_extras()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.sample_builder.restore_extras(checkpoint.get("vip5", {}))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        allowed = self._saved_keys()
+        if allowed is None:
+            missing = list(result.missing_keys)
+        else:
+            missing = [k for k in result.missing_keys if k in allowed]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"checkpoint does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result
+
+    # -- loss ----------------------------------------------------------------------------------
+    def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "whole_word_ids", "image_feats", "tasks")}
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = self.model(**self._model_inputs(batch), labels=batch["labels"])
+        labels = batch["labels"]
+        tok = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        valid = (labels != -100).float()
+        if self.hparams.loss_normalization == "token":
+            return (tok * valid).sum() / valid.sum().clamp_min(1.0)
+        # faithful: mean over each sample's tokens, times 1/target_length, mean over the batch (§1.6)
+        per_sample = (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+        return (per_sample / valid.sum(1).clamp_min(1.0)).mean()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].size(0))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.model, self.sample_builder, self.eval_config)
+        return self._evaluator
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluator.update(batch)
+
+    def on_test_epoch_end(self) -> None:
+        table = self.evaluator.compute(self.all_gather if self.trainer.world_size > 1 else None)
+        for prompt, metrics in table.items():
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.log(f"test/{prompt}/{name}", float(value), rank_zero_only=True)
+        self.test_results = table
+        if self.trainer.is_global_zero:
+            self.evaluator.report(table, self.trainer, indexing=self.sample_builder.indexing_name)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return self.evaluator.predict(batch)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue  # frozen weights get no optimizer state
+            is_norm = "layer_norm" in name or "LayerNorm" in name or name.endswith("norm.weight")
+            if name.endswith(".bias") or (is_norm and not hp.decay_norms):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.adam_eps)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def extra_repr(self) -> str:
+        return f"adapter={asdict(self.adapter_config)}"
