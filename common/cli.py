@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -55,6 +56,11 @@ class FrameworkCLI(LightningCLI):
         builder = getattr(self.model, "sample_builder", None)
         if builder is not None and isinstance(self.datamodule, RecDataModule):
             self.datamodule.connect(builder)
+        # Lightning sets trainer.ckpt_path only after setup; modules whose construction depends on the checkpoint
+        # (e.g. a tokenizer stored in it) get the path up front.
+        ckpt = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        if ckpt and hasattr(self.model, "checkpoint_hint"):
+            self.model.checkpoint_hint = str(ckpt)
 
 
 def run(model_class, default_config: Path, args: list[str] | None = None, run: bool = True, **kwargs):
@@ -63,6 +69,8 @@ def run(model_class, default_config: Path, args: list[str] | None = None, run: b
     argv = list(sys.argv[1:] if args is None else args)
     if run:
         argv = with_default_config(argv, default_config)
+    # we pass the (possibly completed) command line explicitly; LightningCLI would warn that sys.argv is set too
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return FrameworkCLI(
         model_class,
         RecDataModule,

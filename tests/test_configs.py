@@ -34,7 +34,7 @@ def test_config_instantiates(path, tmp_path):
     assert cli.trainer.max_epochs >= 1
     # real configs point at real data: a missing folder says what to download and where
     cli.datamodule.data_dir = tmp_path / "missing"
-    with pytest.raises(DataError, match="download|prepare"):
+    with pytest.raises(DataError, match="(?i)download|prepare"):
         cli.datamodule.prepare_data()
 
 

@@ -16,9 +16,11 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
 def main(args: list[str] | None = None, run_cli: bool = True):
+    """Run the CLI (``args=None`` reads sys.argv). With ``run_cli=False`` return the instantiated CLI (tests)."""
     from vip5.lit_module import VIP5LitModule
 
-    return run(VIP5LitModule, DEFAULT_CONFIG, args=args, run=run_cli)
+    cli = run(VIP5LitModule, DEFAULT_CONFIG, args=args, run=run_cli)
+    return None if run_cli else cli
 
 
 if __name__ == "__main__":

@@ -132,16 +132,24 @@ class VIP5SampleBuilder(SampleBuilder):
 
     def _select_templates(self) -> None:
         corpus = self.data.corpus
+        # user descriptions fall back to user ids (as P5 does), so user_names never drops a template
         available = {"user_names", "candidates"}
         if corpus.has_titles:
             available.add("titles")
-        if self.data.reviews.get("train"):
+        train_reviews = self.data.reviews.get("train") or []
+        if train_reviews:
             available.add("reviews")
+            if any(r.feature for r in train_reviews):
+                available.add("features")
+            if any(r.rating is not None for r in train_reviews):
+                available.add("ratings")
         kept, dropped = P.drop_unavailable(self.templates, available)
-        for cap, fname in CAPABILITY_FILES.items():
+        for cap in sorted({"titles", "reviews", "features", "ratings"} - available):
             ids = [t for t in dropped if cap in self.templates[t].requires]
             if ids:
-                log.warning("%s: %s unavailable (%s missing): dropping templates %s", corpus.name, cap, fname, ids)
+                fname = CAPABILITY_FILES.get(cap, CAPABILITY_FILES["reviews"])
+                log.warning("%s: %s unavailable (%s missing or empty): dropping templates %s",
+                            corpus.name, cap, fname, ids)
         if not corpus.has_user_names:
             log.warning("%s: no user names (user_id2name.pkl missing): user descriptions fall back to user ids",
                         corpus.name)
@@ -189,6 +197,12 @@ class VIP5SampleBuilder(SampleBuilder):
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"spiece": self.spiece_bytes, "n_images": self.n_images}
+
+    def adopt_tokenizer(self, spiece: bytes) -> None:
+        """Use a trained SentencePiece model (from a checkpoint) instead of the one built for this data."""
+        if spiece != self.spiece_bytes:
+            self.spiece_bytes = spiece
+            self.tokenizer = self._tokenizer_from_bytes(spiece)
 
     def restore_extras(self, extras: dict[str, Any]) -> None:
         data = extras.get("spiece")

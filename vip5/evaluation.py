@@ -267,7 +267,7 @@ class Evaluator:
 def format_table(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """A plain-text prompt × metric table."""
     cols = [c for c in ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "invalid_rate", "BLEU-4",
-                        "ROUGE-1", "ROUGE-2", "ROUGE-L", "n") if any(c in r for r in table.values())]
+                        "rouge1", "rouge2", "rougeL", "n") if any(c in r for r in table.values())]
     head = f"{'prompt':<8}" + "".join(f"{c:>10}" for c in cols)
     lines = [" ".join(f"{k}={v}" for k, v in meta.items()), head, "-" * len(head)]
     for prompt, row in table.items():

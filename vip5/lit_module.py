@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -84,6 +85,7 @@ class VIP5LitModule(L.LightningModule):
         self.model = None  # built in configure_model, once the data side has connected
         self.strict_loading = False  # adapter checkpoints omit the frozen backbone
         self._evaluator: Evaluator | None = None
+        self.checkpoint_hint: str | None = None  # set by the CLI (or the caller) when a checkpoint will be loaded
 
     # -- model construction ---------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -110,6 +112,15 @@ class VIP5LitModule(L.LightningModule):
             image_token_id=builder.image_token_id,
         )
 
+    def setup(self, stage: str) -> None:
+        # A from-config backbone's tokenizer lives in its checkpoints: adopt it before the model is built, so a
+        # restored model always sees the vocabulary it was trained with.
+        ckpt = self.checkpoint_hint
+        if ckpt and self.model is None and Path(ckpt).is_file():
+            extras = torch.load(ckpt, map_location="cpu", weights_only=False).get("vip5", {})
+            if extras.get("spiece"):
+                self.sample_builder.adopt_tokenizer(extras["spiece"])
+
     @property
     def backbone_from_config(self) -> bool:
         return self.hparams.backbone_config is not None
@@ -121,7 +132,8 @@ class VIP5LitModule(L.LightningModule):
             f"VIP5 trainable parameters: {counts['trainable']:,} / {counts['total']:,} "
             f"({counts['pct']:.2f}%) [{groups}] mode={self.hparams.training_mode}"
         )
-        self.log_dict({"params/trainable": float(counts["trainable"]), "params/pct": float(counts["pct"])})
+        for logger in self.loggers:  # self.log is not allowed in on_fit_start
+            logger.log_hyperparams({"params/trainable": counts["trainable"], "params/pct": counts["pct"]})
 
     # -- checkpoints: only what the named backbone does not provide ------------------------------
     def _saved_keys(self) -> set[str] | None:
@@ -193,10 +205,10 @@ class VIP5LitModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         table = self.evaluator.compute(self.all_gather if self.trainer.world_size > 1 else None)
-        for prompt, metrics in table.items():
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    self.log(f"test/{prompt}/{name}", float(value), rank_zero_only=True)
+        flat = {f"test/{p}/{k}": float(v) for p, row in table.items() for k, v in row.items()
+                if isinstance(v, (int, float))}
+        for logger in self.loggers:  # straight to the loggers: Lightning's per-dataloader dump would repeat it 6x
+            logger.log_metrics(flat, step=self.global_step)
         self.test_results = table
         if self.trainer.is_global_zero:
             self.evaluator.report(table, self.trainer, indexing=self.sample_builder.indexing_name)

@@ -54,7 +54,7 @@ def _how_to_get(root: Path, name: str) -> str:
         f"Download the P5/VIP5 preprocessed data (Google Drive link in the VIP5 README, "
         f"https://github.com/jeykigung/VIP5) and put the files of its {name!r} folder into {root}/, "
         f"or build them from the raw Amazon 2014 files with: vip5-data prepare-amazon "
-        f"--reviews reviews_{cat}_5.json.gz --meta meta_{cat}.json.gz --out {root}. "
+        f"reviews_{cat}_5.json.gz meta_{cat}.json.gz {root}. "
         f"Expected files: {SEQUENTIAL} (required); {', '.join(OPTIONAL_FILES)} (optional)."
     )
 

@@ -1,9 +1,9 @@
 """``vip5-data``: data preparation commands shared by vip5 and pmg.
 
     vip5-data demo --out data/demo                       # the embedded offline demo shop (3 formats)
-    vip5-data prepare-amazon --reviews reviews_Beauty_5.json.gz --meta meta_Beauty.json.gz --out data/beauty
-    vip5-data download-images --root data/beauty         # item images into <root>/images (resumable)
-    vip5-data features --source amazon --root data/beauty --encoder vitb32
+    vip5-data prepare-amazon reviews_Beauty_5.json.gz meta_Beauty.json.gz data/beauty
+    vip5-data download-images data/beauty                 # item images into <root>/images (resumable)
+    vip5-data features data/beauty --source amazon --encoder vitb32
 """
 
 from __future__ import annotations

@@ -553,7 +553,8 @@ def extract_features(
                     return cached
                 return ImageFeatures(cached.align(ids), ids, absent, normalize, cached.encoder, npy)
             # another item list or newly found images: keep the rows that are still valid as a partial
-            keep = [i for i in cached.item_ids if i in set(ids) - set(absent) - set(cached.missing)]
+            valid = set(ids) - set(absent) - set(cached.missing)
+            keep = [i for i in cached.item_ids if i in valid]
             if keep:
                 with atomic_open(partial_dir / f"part-cache-{uuid.uuid4().hex[:8]}.npz", "wb") as f:
                     np.savez(f, ids=np.array(keep), feat=cached.align(keep).numpy(), normalized=normalize)

@@ -1,7 +1,8 @@
 """Raw Amazon-2014 files -> the P5/VIP5 folder layout, as P5's preprocessing notebook built it.
 
 Follows jeykigung/P5 ``preprocess/data_preprocess_amazon.ipynb`` (vip5_reference §2.2) step by step, with the
-same random calls in the same order, so with seed 2022 the outputs match the released files:
+same random calls in the same order, so seed 2022 on the same input files should give P5's files (checked against
+a transcription of the notebook's code on synthetic data; the released files were not available to compare):
 
 1. reviews ``reviews_<Category>_5.json.gz`` -> per-user item lists sorted (stably) by ``unixReviewTime``;
 2. iterative user/item 5-core filter;

@@ -29,8 +29,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 LpipsNet = Literal["vgg", "alex"]
+#: One image: PIL, or a [3, H, W] tensor (float in [0, 1] or uint8).
+ImageLike = Image.Image | torch.Tensor
+#: Several images: a [N, 3, H, W] tensor or a list of single images.
+Images = torch.Tensor | Sequence[ImageLike]
 _TRUNK_WEIGHTS = {"vgg": "VGG16_Weights", "alex": "AlexNet_Weights"}
 METRIC_KEYS = ("lpips_target", "lpips_history", "ssim_target", "ssim_history")
 
@@ -43,7 +48,7 @@ def lpips_trunk_file(net: LpipsNet) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-def to_image_tensor(image) -> torch.Tensor:
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
     """PIL image, uint8 tensor or float tensor ([3, H, W] or [N, 3, H, W]) -> float tensor in [0, 1]."""
     if not isinstance(image, torch.Tensor):
         import numpy as np
@@ -143,7 +148,7 @@ class ImageSimilarity:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bicubic", align_corners=False, antialias=True)
         return x.clamp(0.0, 1.0)
 
-    def _batch(self, images) -> torch.Tensor:
+    def _batch(self, images: Images) -> torch.Tensor:
         """A tensor batch or a list of images (sizes may differ when ``resize`` is set) -> [N, 3, H, W]."""
         if isinstance(images, torch.Tensor):
             x = to_image_tensor(images)
@@ -174,6 +179,8 @@ class ImageSimilarity:
         ).cpu()  # fmt: skip
 
     def _pair_metrics(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        if a.shape[-2:] != b.shape[-2:]:
+            raise ValueError(f"image sizes differ: {tuple(a.shape[-2:])} vs {tuple(b.shape[-2:])}; set `resize`")
         out = {"ssim": self.ssim(a, b)}
         if self._lpips is not None:
             out["lpips"] = self.lpips(a, b)
@@ -182,9 +189,9 @@ class ImageSimilarity:
     # -- streaming --------------------------------------------------------------------------------
     def update(
         self,
-        generated,
-        target=None,
-        history: Sequence | None = None,
+        generated: Images,
+        target: Images | None = None,
+        history: Sequence[Images] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Add one batch of samples.
 

@@ -1,0 +1,362 @@
+"""PMGLitModule: trains the soft preference embedding through a frozen diffusion model, generates and scores.
+
+Training (pmg_reference §2): the frozen LLM reads the behaviour prompt with L trainable soft tokens and
+S-long P-Tuning v2 prefixes; a mapper turns the soft positions into E_m; the condition is the frozen
+text-encoder states of the preference keywords (77−L tokens) followed by E_m (77 tokens); the loss is the
+epsilon-prediction MSE on VAE latents of the target image. Only soft tokens, prefixes and mapper train.
+Keyword text states and VAE latent distributions are frozen and reused, so they are cached after the first
+epoch. Generation (§3): a (w_p, w_t) grid in one batched call, CLIP-scored selection, images on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from common.io import write_json
+from pmg.data import PMGDataConfig, PMGSampleBuilder
+from pmg.keywords import KeywordExtractor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationConfig:
+    """Weighted generation and selection (pmg_reference §3).
+
+    Attributes:
+        grid: (w_p, w_t) weight pairs, one candidate image each, generated in one batch.
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance scale.
+        scheduler: sampler (``ddim``, ``ddpm``, ``dpm``, ...).
+        weighting: ``scale`` (embedding scaling, start token excluded) or ``repeat`` (keyword repetition).
+        negative_prompt: None uses the scenario's negative prompt.
+        alpha: weight of the preference term in the selection score z.
+        clip_arch: open_clip architecture of the selection scorer.
+        clip_pretrained: its pretrained tag or checkpoint path; None = random weights (offline default only,
+            requires ``allow_random_clip``).
+        allow_random_clip: accept random CLIP weights (scores are then plumbing only; the output says so).
+        output_dir: where ``pmg predict`` writes images, JSON lines and contact sheets.
+        save_candidates: also write every candidate image, not only the chosen one.
+        seed: base seed; each (user, target) sample derives its own.
+    """
+
+    grid: list[tuple[float, float]] = field(default_factory=lambda: [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5)])
+    steps: int = 50
+    guidance_scale: float = 6.0
+    scheduler: str = "ddim"
+    weighting: Literal["scale", "repeat"] = "scale"
+    negative_prompt: str | None = None
+    alpha: float = 0.5
+    clip_arch: str = "ViT-B-32"
+    clip_pretrained: str | None = "openai"
+    allow_random_clip: bool = False
+    output_dir: str = "outputs/pmg/predictions"
+    save_candidates: bool = False
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """``pmg test`` metrics (pmg_reference §4, §6.4 item 8).
+
+    Attributes:
+        lpips_net: LPIPS trunk (``vgg`` like PMG-Bench/Pigeon, or ``alex``).
+        allow_random_lpips: offline fallback to a random LPIPS trunk (plumbing only; labelled in the table).
+        results_file: JSON file (under the trainer's root dir) of the metric table.
+    """
+
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    allow_random_lpips: bool = False
+    results_file: str = "pmg_test_results.json"
+
+
+class PMGLitModule(L.LightningModule):
+    """PMG: soft preference embeddings from an LLM conditioning a frozen Stable Diffusion.
+
+    Args:
+        llm: causal LM name/folder for the soft preference model (``meta-llama/Llama-2-7b-chat-hf``); None
+            builds a small from-config Llama (offline default).
+        llm_config: keyword arguments of the small Llama (``pmg.soft_prompt.tiny_llama``) when ``llm`` is None.
+        stable_diffusion: Stable Diffusion folder/name (SD-1.5); None builds small from-config components.
+        image_size: image size of the from-config components (SD-1.5 uses 512 from its own config).
+        n_soft_tokens: L, trainable soft tokens (paper 4).
+        prefix_length: S, P-Tuning v2 prefix length per layer (paper 4); 0 = without P-Tuning v2.
+        use_soft: condition on the soft embedding (False = the "without soft embeddings" ablation).
+        use_keywords: condition on preference keywords (False = the "without keywords" ablation).
+        data: sample settings (scenario, history length, keyword counts).
+        keywords: keyword extractor (``pmg.keywords.TfidfKeywordExtractor`` default, or
+            ``pmg.keywords.LLMKeywordExtractor`` with a model name for the paper's LLM keywords).
+        generation: weighted generation and selection settings.
+        evaluation: test metric settings.
+        lr: AdamW learning rate of soft tokens, prefixes and mapper (prefix tuning likes 1e-4..1e-3; the
+            PMG-Bench 5e-6 barely moves randomly initialised weights, §2.5).
+        weight_decay: AdamW weight decay.
+        llm_dtype: dtype of the frozen LLM when loaded by name (``bfloat16`` for 7B models).
+        gradient_checkpointing: recompute LLM layers in backward (for 7B models).
+        seed: seed of the from-config components and of the soft-token initialisation.
+    """
+
+    def __init__(
+        self,
+        llm: str | None = None,
+        llm_config: dict[str, Any] | None = None,
+        stable_diffusion: str | None = None,
+        image_size: int = 32,
+        n_soft_tokens: int = 4,
+        prefix_length: int = 4,
+        use_soft: bool = True,
+        use_keywords: bool = True,
+        data: PMGDataConfig | None = None,
+        keywords: KeywordExtractor | None = None,
+        generation: GenerationConfig | None = None,
+        evaluation: EvalConfig | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["keywords"])
+        self.data_config = data or PMGDataConfig()
+        self.gen_config = generation or GenerationConfig()
+        self.eval_config = evaluation or EvalConfig()
+        self.sample_builder = PMGSampleBuilder(self.data_config, keywords=keywords, llm_tokenizer=llm,
+                                               image_size=image_size)
+        self.soft = None  # SoftPreferenceModel, built in configure_model
+        self.sd = None  # SDComponents (frozen, not part of the state dict)
+        self.strict_loading = False
+        self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._generator = None
+        self._scorer = None
+
+    # -- construction --------------------------------------------------------------------------
+    @property
+    def n_soft(self) -> int:
+        return self.hparams.n_soft_tokens if self.hparams.use_soft else 0
+
+    def configure_model(self) -> None:
+        if self.soft is not None:
+            return
+        from pmg.diffusion import load_sd_components, tiny_sd_components
+        from pmg.soft_prompt import SoftPreferenceModel, tiny_llama
+
+        hp = self.hparams
+        builder = self.sample_builder
+        if builder.tokenizer is None:
+            raise RuntimeError("PMGLitModule needs its sample builder connected to data before the model is built")
+        if hp.stable_diffusion:
+            self.sd = load_sd_components(hp.stable_diffusion)
+        else:
+            folder = builder.data.cache_dir / f"pmg_clip_tokenizer_{_digest(builder.vocabulary_texts())}"
+            self.sd = tiny_sd_components(folder, texts=builder.vocabulary_texts(), image_size=hp.image_size,
+                                         seed=hp.seed)
+        builder.image_size = self.sd.image_size
+        if hp.llm:
+            llm = hp.llm
+        else:
+            kwargs = dict(hp.llm_config or {})
+            llm = tiny_llama(len(builder.tokenizer), pad_token_id=builder.tokenizer.pad_token_id, seed=hp.seed,
+                             **kwargs)
+        dtype = getattr(torch, hp.llm_dtype)
+        self.soft = SoftPreferenceModel(
+            llm, text_encoder_dim=self.sd.text_dim, n_soft_tokens=self.n_soft, prefix_length=hp.prefix_length,
+            gradient_checkpointing=hp.gradient_checkpointing, dtype=dtype, seed=hp.seed,
+        )
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.n_soft:
+            raise ValueError(
+                "nothing to train: use_soft is false (or n_soft_tokens is 0), so PMG is keyword-only; "
+                "run `pmg predict` / `pmg test` directly"
+            )
+
+    def on_fit_start(self) -> None:
+        counts = self.soft.count_parameters()
+        rank_zero_info(f"PMG trainable parameters: {counts}")
+
+    # -- frozen, cached pieces -----------------------------------------------------------------
+    def _frozen_to_device(self) -> None:
+        sd = self.sd
+        for module in (sd.vae, sd.unet, sd.text_encoder):
+            if next(module.parameters()).device != self.device:
+                module.to(self.device)
+
+    @torch.no_grad()
+    def keyword_states(self, texts: list[str], length: int) -> torch.Tensor:
+        """Frozen text-encoder states of keyword strings, cached per (text, length)."""
+        from pmg.conditioning import encode_text
+
+        missing = [t for t in dict.fromkeys(texts) if (t, length) not in self._text_cache]
+        if missing:
+            states = encode_text(self.sd.text_encoder, self.sd.tokenizer, missing, length)
+            for t, s in zip(missing, states):
+                self._text_cache[(t, length)] = s.detach()
+        return torch.stack([self._text_cache[(t, length)] for t in texts]).to(self.device)
+
+    @torch.no_grad()
+    def latent_params(self, items: list[str], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE latent-distribution (mean, std) of target images, cached per item after the first epoch."""
+        from pmg.diffusion import encode_images
+
+        todo = [j for j, i in enumerate(items) if i not in self._latent_cache]
+        if todo:
+            mean, std = encode_images(self.sd, images[todo].to(self.device))
+            for j, m, s in zip(todo, mean, std):
+                self._latent_cache[items[j]] = (m.detach(), s.detach())
+        means, stds = zip(*(self._latent_cache[i] for i in items))
+        return torch.stack(means), torch.stack(stds)
+
+    def condition(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The [B, 77, d_te] training condition: preference-keyword states then the L mapped soft tokens."""
+        from pmg.conditioning import assemble_condition
+
+        total = self.sd.text_length
+        texts = [", ".join(k) for k in batch["pref_keywords"]] if self.hparams.use_keywords else [""] * len(
+            batch["samples"])
+        states = self.keyword_states(texts, total - self.n_soft)
+        soft = self.soft(batch["prompt_ids"], batch["prompt_mask"]) if self.n_soft else None
+        return assemble_condition(states, soft, total=total)
+
+    # -- training ------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        from pmg.diffusion import diffusion_loss, sample_latents
+
+        self._frozen_to_device()
+        items = [s["target"] for s in batch["samples"]]
+        mean, std = self.latent_params(items, batch["images"])
+        latents = sample_latents(mean, std, self.sd.latent_scale)
+        return diffusion_loss(self.sd, latents, self.condition(batch))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["samples"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # a fixed noise/timestep draw per batch makes the validation loss comparable across epochs
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1000 + batch_idx)
+            loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["samples"]))
+
+    def configure_optimizers(self):
+        params = [p for p in self.soft.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # -- checkpoints: trainable weights only ---------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"soft.{k}" for k in self.soft.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        keep = {f"soft.{k}" for k in self.soft.trainable_state_dict()}
+        missing = [k for k in result.missing_keys if k in keep]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not match: missing {missing[:5]}, unexpected "
+                               f"{result.unexpected_keys[:5]}")
+        return result
+
+    # -- generation ----------------------------------------------------------------------------
+    @property
+    def generator(self):
+        if self._generator is None:
+            from pmg.generator import WeightedGenerator
+
+            g = self.gen_config
+            self._generator = WeightedGenerator(
+                self.sd, scheduler=g.scheduler, steps=g.steps, guidance_scale=g.guidance_scale,
+                negative_prompt=g.negative_prompt or self.sample_builder.prompts.negative, weighting=g.weighting,
+                target_tokens=min(40, (self.sd.text_length - self.n_soft) // 2),
+            )
+        return self._generator
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from pmg.selection import ClipScorer
+
+            g = self.gen_config
+            self._scorer = ClipScorer(g.clip_arch, g.clip_pretrained, allow_random_weights=g.allow_random_clip)
+            if g.clip_pretrained is None:
+                rank_zero_info("PMG selection: CLIP scorer has random weights (offline default) - scores are "
+                               "plumbing only")
+        return self._scorer
+
+    @torch.no_grad()
+    def generate_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """For each sample: the grid's candidates, their scores and the chosen image."""
+        from pmg.selection import select_best
+
+        self._frozen_to_device()
+        soft = self.soft(batch["prompt_ids"], batch["prompt_mask"]) if self.n_soft else None
+        results = []
+        for j, s in enumerate(batch["samples"]):
+            pref, target = batch["pref_keywords"][j], batch["target_keywords"][j]
+            pref_kw = pref if self.hparams.use_keywords else []
+            seed = self.gen_config.seed + int(_digest([s["user"], s["target"]]), 16) % 100_000
+            images = self.generator.generate(target, pref_kw, None if soft is None else soft[j], self.gen_config.grid,
+                                             seed=seed)
+            best, scores = select_best(images, pref, target, self.scorer, alpha=self.gen_config.alpha)
+            results.append({"sample": s, "images": images.cpu(), "best": best, "scores": scores,
+                            "pref_keywords": pref, "target_keywords": target})
+        return results
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        from pmg.predict import write_predictions
+
+        return write_predictions(self, self.generate_batch(batch))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        from common.metrics.image import ImageSimilarity
+
+        ev = self.eval_config
+        self.similarity = ImageSimilarity(net=ev.lpips_net, allow_random_trunk=ev.allow_random_lpips)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from pmg.diffusion import load_image_tensor
+
+        corpus = self.sample_builder.data.corpus
+        size = self.sd.image_size
+        for r in self.generate_batch(batch):
+            s = r["sample"]
+            chosen = r["images"][r["best"]]
+            target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
+            history = [(load_image_tensor(corpus.image_path(i), size) + 1) / 2 for i in s["history"]
+                       if corpus.image_path(i)]
+            self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
+
+    def on_test_epoch_end(self) -> None:
+        table = self.similarity.compute()
+        hp = self.hparams
+        meta = {
+            "dataset": self.sample_builder.data.corpus.name,
+            "use_soft": hp.use_soft, "use_keywords": hp.use_keywords, "n_soft_tokens": hp.n_soft_tokens,
+            "prefix_length": hp.prefix_length, "weighting": self.gen_config.weighting,
+            "lpips": self.similarity.lpips_label,
+        }
+        for k, v in table.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.log(f"test/{k}", float(v), rank_zero_only=True)
+        self.test_results = {"meta": meta, "results": table}
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / self.eval_config.results_file
+            write_json(path, self.test_results)
+            print(json.dumps(self.test_results, indent=2))
+            print(f"results written to {path}")
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:12]

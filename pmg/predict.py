@@ -1,0 +1,56 @@
+"""Writing ``pmg predict`` results: chosen (and optionally all) images, one JSON line per sample, and a
+contact sheet per user (history | candidates | chosen) so a person can judge at a glance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from common.io import atomic_open
+from pmg.diffusion import load_image_tensor
+from pmg.sheets import contact_sheet, to_pil
+
+
+def _save_png(image, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        to_pil(image).save(f, format="PNG")
+
+
+def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write images, sheets and JSON lines for generated results; returns the JSON rows."""
+    out = Path(module.gen_config.output_dir)
+    corpus = module.sample_builder.data.corpus
+    size = module.sd.image_size
+    grid = module.gen_config.grid
+    rows = []
+    for r in results:
+        s = r["sample"]
+        stem = f"{s['user']}_{s['target']}"
+        chosen_path = out / "images" / f"{stem}.png"
+        _save_png(r["images"][r["best"]], chosen_path)
+        cand_paths = []
+        if module.gen_config.save_candidates:
+            for k, img in enumerate(r["images"]):
+                p = out / "candidates" / f"{stem}_{k}.png"
+                _save_png(img, p)
+                cand_paths.append(str(p))
+        history = [Image.open(corpus.image_path(i)).convert("RGB") for i in s["history"] if corpus.image_path(i)]
+        target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
+        z = r["scores"]["z"]
+        labels = [f"wp={wp:g} wt={wt:g}\nz={float(z[k]):.3f}" for k, (wp, wt) in enumerate(grid)]
+        sheet = contact_sheet(history, list(r["images"]), r["best"], out / "sheets" / f"{stem}.png", labels=labels,
+                              target=target, title=f"user {s['user']} | {', '.join(r['pref_keywords'][:6])}")
+        row = {
+            "user": s["user"], "target": s["target"], "history": s["history"],
+            "preference_keywords": r["pref_keywords"], "target_keywords": r["target_keywords"],
+            "weights": [list(w) for w in grid], "chosen": r["best"], "chosen_weights": list(grid[r["best"]]),
+            "scores": {k: [float(x) for x in v] for k, v in r["scores"].items()},
+            "image": str(chosen_path), "candidates": cand_paths, "sheet": str(sheet),
+        }
+        with open(out / "predictions.jsonl", "a") as f:  # one whole line per sample
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+    return rows
