@@ -26,5 +26,5 @@ def demo_data(tmp_path_factory) -> Path:
     from common.data.demo import generate_demo
 
     out = tmp_path_factory.mktemp("demo")
-    generate_demo(out, n_users=40, n_items=60, seed=0)
+    generate_demo(out, n_users=40, n_items=120, seed=0)
     return out
