@@ -4,21 +4,23 @@ Usage::
 
     python bench/vip5_efficiency.py [--threads 2] [--batch 8] [--src-len 128] [--tgt-len 8] [--steps 10]
 
-Both runs use the same t5-small-shaped model built from a config (no download; 6+6 layers, d 512, vocab 32,100,
+Both modes use the same t5-small-shaped model built from a config (no download; 6+6 layers, d 512, vocab 32,100,
 n = 2 image tokens of a 512-d feature, shared r = 8 adapters at 30 sites), the same random batch and the same
 step: forward, backward, fused ``AdamW.step()`` over ``model.trainable_parameters()``. ``training_mode="adapters"``
-trains adapters + layer norms + visual mapper (~4.4 %); ``"full"`` trains every parameter.
+trains adapters + layer norms + visual mapper (4.37 %); ``"full"`` trains every parameter.
 
 Method:
 
-- Each mode runs in its own fresh child process, one after the other (never concurrently: 2-core machines),
-  so allocator state, caches and the memory high-water mark of one mode cannot leak into the other.
-- Time: ``--warmup`` untimed steps (allocates AdamW state, warms kernels), then the median wall time of
+- Each mode lives in its own fresh child process, so allocator state and the memory high-water mark of one mode
+  cannot leak into the other. The parent drives the two children in lock-step: it asks one child for one train
+  step, waits for it, then asks the other (alternating which goes first), so only one step ever runs at a time
+  (2-core machines), and slow drifts in the machine's load hit both modes alike instead of whichever happened to
+  run second.
+- Time: ``--warmup`` untimed steps per mode (allocates AdamW state, warms kernels), then the median wall time of
   ``--steps`` steps (``time.perf_counter``; ``torch.cuda.synchronize`` around each step on CUDA). The median
-  process CPU time per step (all threads) is printed as a cross-check that other load on the machine distorts
-  less than wall time; the 1-minute load average is printed with each mode so a noisy run is visible.
+  ratio of the paired steps is printed as well, and the process CPU time per step as a cross-check.
 - Peak memory on CPU: tracemalloc does not see torch's allocations, and ``ru_maxrss`` is a lifetime high-water
-  mark that would also hold the transient peak of model construction. So the child records its resident set
+  mark that would also hold the transient peak of model construction. So each child records its resident set
   (RSS) after imports and before the model is built (the Python/torch runtime, identical in both modes), builds
   the model, frees what construction left behind (``gc.collect`` + glibc ``malloc_trim``), resets the kernel's
   high-water mark (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) and reads ``VmHWM`` from
@@ -56,6 +58,7 @@ T5_SMALL_SHAPE = dict(
     tie_word_embeddings=True,
 )
 IMAGE_TOKEN_ID = 32099
+MODES = ("adapters", "full")
 
 
 def _rss_kb() -> int:
@@ -116,7 +119,13 @@ def make_batch(batch: int, src_len: int, tgt_len: int, items: int, n_tokens: int
     }
 
 
-def child(args: argparse.Namespace) -> dict:
+def _reply(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def child(args: argparse.Namespace) -> None:
+    """Build one mode's model, then serve ``step`` / ``stop`` commands read line by line from stdin."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -140,8 +149,8 @@ def child(args: argparse.Namespace) -> dict:
     counts = model.count_parameters()
     data = make_batch(args.batch, args.src_len, args.tgt_len, args.items, args.n_image_tokens, 512)
     data = {k: v.to(device) for k, v in data.items()}
-    # Fused AdamW (one kernel over all tensors, CPU and CUDA) for both modes: the per-tensor loop would time
-    # Python/op-launch overhead, not optimizer work.
+    # Fused AdamW (one kernel over all tensors, CPU and CUDA) in both modes: the default per-tensor loop would
+    # mostly time Python and op-launch overhead, not optimizer work.
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=0.01, fused=True)
 
     _trim()
@@ -150,9 +159,11 @@ def child(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        cuda_base = torch.cuda.memory_allocated()
+    _reply({"ready": True})
 
-    def step() -> tuple[float, float]:
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         if cuda:
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -162,21 +173,7 @@ def child(args: argparse.Namespace) -> dict:
         opt.step()
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - t0, time.process_time() - c0
-
-    for i in range(args.warmup):
-        t, c = step()
-        print(
-            f"  [{args.mode}] warm-up step {i + 1}/{args.warmup}: {t:.3f} s (cpu {c:.3f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-    times, cpu_times = [], []
-    for i in range(args.steps):
-        t, c = step()
-        times.append(t)
-        cpu_times.append(c)
-        print(f"  [{args.mode}] step {i + 1}/{args.steps}: {t:.3f} s (cpu {c:.3f} s)", file=sys.stderr, flush=True)
+        _reply({"time": time.perf_counter() - t0, "cpu": time.process_time() - c0, "loss": loss.item()})
 
     result = {
         "mode": args.mode,
@@ -185,15 +182,10 @@ def child(args: argparse.Namespace) -> dict:
         "trainable": counts["trainable"],
         "total": counts["total"],
         "trainable_pct": counts["pct"],
-        "step_time_s": statistics.median(times),
-        "step_times_s": times,
-        "step_cpu_time_s": statistics.median(cpu_times),
-        "load_avg_1min": os.getloadavg()[0],
         "optimizer_tensors": len(opt.state),
     }
     if cuda:
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["weights_mem_mb"] = cuda_base / 2**20
         result["peak_method"] = "torch.cuda.max_memory_allocated"
     else:
         peak_kb = _hwm_kb() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -202,19 +194,36 @@ def child(args: argparse.Namespace) -> dict:
         result["runtime_rss_mb"] = runtime_kb / 1024
         result["after_build_rss_mb"] = built_kb / 1024
         result["peak_method"] = "VmHWM reset after build" if hwm_reset else "ru_maxrss (includes build peak)"
-    return result
+    _reply(result)
 
 
-def run_mode(mode: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode]
-    for key in ("threads", "batch", "src_len", "tgt_len", "items", "n_image_tokens", "warmup", "steps", "device"):
-        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} run failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class _Child:
+    def __init__(self, mode: str, args: argparse.Namespace):
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode]
+        for key in ("threads", "batch", "src_len", "tgt_len", "items", "n_image_tokens", "device"):
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        self.mode = mode
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.mode} child exited with code {self.proc.wait()}")
+        return json.loads(line)
+
+    def send(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def finish(self) -> dict:
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.close()
+        result = self.read()
+        self.proc.wait()
+        return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,28 +241,50 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", default="adapters", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args)), flush=True)
+        child(args)
         return
 
     print(
         f"VIP5 efficiency: t5-small shape, batch {args.batch} x {args.src_len} source / {args.tgt_len} target tokens, "
-        f"{args.device}, {args.threads} threads, {args.warmup} warm-up + median of {args.steps} steps",
+        f"{args.device}, {args.threads} threads, {args.warmup} warm-up + median of {args.steps} steps per mode",
         flush=True,
     )
-    results = {}
-    for mode in ("adapters", "full"):
-        print(f"running training_mode={mode} in a fresh process ...", flush=True)
-        r = results[mode] = run_mode(mode, args)
+    children = {}
+    for mode in MODES:  # built one after the other; each child then idles on stdin
+        print(f"building training_mode={mode} in a fresh process ...", flush=True)
+        children[mode] = _Child(mode, args)
+        children[mode].read()
+    steps: dict[str, list[dict]] = {m: [] for m in MODES}
+    for i in range(args.warmup + args.steps):
+        order = MODES if i % 2 == 0 else MODES[::-1]
+        pair = {m: children[m].send("step") for m in order}
+        timed = i >= args.warmup
+        label = f"step {i - args.warmup + 1}/{args.steps}" if timed else f"warm-up {i + 1}/{args.warmup}"
+        print(
+            f"  {label}: adapters {pair['adapters']['time']:.3f} s, full {pair['full']['time']:.3f} s, "
+            f"load avg {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        if timed:
+            for m in MODES:
+                steps[m].append(pair[m])
+    results = {m: children[m].finish() for m in MODES}
+
+    for m in MODES:
+        r = results[m]
+        r["step_time_s"] = statistics.median(s["time"] for s in steps[m])
+        r["step_cpu_s"] = statistics.median(s["cpu"] for s in steps[m])
         extra = f", runtime-inclusive peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
         print(
-            f"{mode}: trainable {r['trainable']:,} / {r['total']:,} ({r['trainable_pct']:.2f}%), "
-            f"optimizer tensors {r['optimizer_tensors']}, step {r['step_time_s']:.3f} s (median; process cpu "
-            f"{r['step_cpu_time_s']:.3f} s), load avg {r['load_avg_1min']:.1f}, "
-            f"peak {r['peak_mem_mb']:.0f} MB [{r['peak_method']}]{extra}",
+            f"{m}: trainable {r['trainable']:,} / {r['total']:,} ({r['trainable_pct']:.2f}%), "
+            f"optimizer tensors {r['optimizer_tensors']}, step {r['step_time_s']:.3f} s median "
+            f"(process cpu {r['step_cpu_s']:.3f} s), peak {r['peak_mem_mb']:.0f} MB [{r['peak_method']}]{extra}",
             flush=True,
         )
     a, f = results["adapters"], results["full"]
-    print(f"process cpu-time ratio (load-robust cross-check): {a['step_cpu_time_s'] / f['step_cpu_time_s']:.3f}")
+    paired = statistics.median(x["time"] / y["time"] for x, y in zip(steps["adapters"], steps["full"]))
+    print(f"median of paired step-time ratios: {paired:.3f}", flush=True)
+    print(f"process cpu-time ratio: {a['step_cpu_s'] / f['step_cpu_s']:.3f}", flush=True)
     if "peak_rss_mb" in a:
         print(f"runtime-inclusive peak RSS ratio: {a['peak_rss_mb'] / f['peak_rss_mb']:.3f}", flush=True)
     summary = {

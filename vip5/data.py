@@ -76,7 +76,7 @@ class _Samples(Dataset):
         return len(self.recipes)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        rng = random.Random(hash((self.seed, idx)) & 0xFFFFFFFF)
+        rng = P.sample_rng(self.seed, idx)
         return self.builder.make(self.recipes[idx], rng, train=self.train)
 
 
@@ -340,7 +340,7 @@ class VIP5SampleBuilder(SampleBuilder):
         if "candidates" in tpl.requires:
             if isinstance(spec, tuple) and spec[0] == "test" or spec == "val":
                 negs = list(self.data.negatives[user])[: self.config.n_candidates - 1]
-                crng = random.Random(hash((self.config.seed, user)) & 0xFFFFFFFF)
+                crng = P.sample_rng(self.config.seed, "candidates", user)  # same lists in every run and rank
                 candidates = negs + [target]
                 crng.shuffle(candidates)
             else:

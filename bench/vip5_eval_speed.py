@@ -1,0 +1,96 @@
+"""VIP5 evaluation speed and validity: trie-constrained vs unconstrained beam search (sequential, A-3) and
+likelihood ranking vs candidate beam search over the 100 candidates (direct, B-5).
+
+Same model, same users, same machine, one run. The model is the embedded default trained briefly on the demo
+data (so it emits id-like strings). Prints progress lines; the LAST line is one JSON object:
+
+    {"users_per_s_constrained": ..., "users_per_s_unconstrained": ..., "invalid_rate_constrained": ...,
+     "invalid_rate_unconstrained": ..., "direct_likelihood_over_beam_speedup": ...}
+
+Targets (issue 4): constrained decoding has 0 invalid ids and is no slower than unconstrained; likelihood
+ranking is at least 3x faster than candidate beam search.
+
+    .venv/bin/python bench/vip5_eval_speed.py [--users 64] [--beams 20] [--train_batches 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=64)
+    ap.add_argument("--beams", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train_batches", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", type=Path, default=None, help="demo data folder (default: generated in a temp dir)")
+    args = ap.parse_args()
+
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from common.data.demo import generate_demo
+    from vip5.cli import DEFAULT_CONFIG
+    from vip5.cli import main as vip5_main
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vip5_eval_speed_"))
+    data = args.data or generate_demo(tmp / "demo")["amazon"].parent
+    cli = vip5_main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false",
+                     "--trainer.enable_progress_bar", "false", "--trainer.enable_checkpointing", "false",
+                     "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(tmp / "run"),
+                     "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
+                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(args.train_batches),
+                     "--trainer.limit_val_batches", "0", "--model.evaluation.num_beams", str(args.beams)],
+                    run_cli=False)
+    print(f"training the demo model for {args.train_batches} batches ...", flush=True)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    module = cli.model.eval()
+    builder = module.sample_builder
+    ev = module.evaluator
+
+    def loader(template: str) -> DataLoader:
+        ds = builder.dataset("test", template)
+        return DataLoader(Subset(ds, range(min(args.users, len(ds)))), batch_size=args.batch,
+                          collate_fn=builder.collate)
+
+    def timed(fn, template: str) -> tuple[float, list]:
+        out, n = [], 0
+        start = time.perf_counter()
+        for batch in loader(template):
+            out.append(fn(batch))
+            n += len(batch["samples"])
+        return n / (time.perf_counter() - start), out
+
+    results = {}
+    for mode in ("trie", "free"):
+        ev.config.decoding = mode
+        rate, outs = timed(ev._sequential, "A-3")
+        invalid = sum(o[2] for o in outs) / len(outs)
+        key = "constrained" if mode == "trie" else "unconstrained"
+        results[f"users_per_s_{key}"] = round(rate, 3)
+        results[f"invalid_rate_{key}"] = round(invalid, 4)
+        print(f"sequential A-3 {key}: {rate:.2f} users/s, invalid ids {invalid:.3f}", flush=True)
+    ev.config.decoding = "trie"
+    speed = {}
+    for mode in ("likelihood", "beam"):
+        ev.config.direct_ranking = mode
+        rate, _ = timed(ev._direct, "B-5")
+        speed[mode] = rate
+        print(f"direct B-5 {mode}: {rate:.2f} users/s", flush=True)
+    results["direct_likelihood_over_beam_speedup"] = round(speed["likelihood"] / speed["beam"], 2)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""One DataModule class per source serves both models: vip5 on MovieLens/POG, pmg on Amazon."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from common.data.datamodule import AmazonDataModule, MovieLensDataModule, POGDataModule
+from pmg.data import PMGDataConfig, PMGSampleBuilder
+from vip5.data import PromptConfig, VIP5SampleBuilder
+
+
+def _vip5_builder() -> VIP5SampleBuilder:
+    cfg = PromptConfig(n_candidates=20, sequential_samples=1, direct_samples=1, max_history=5)
+    return VIP5SampleBuilder(cfg, n_image_tokens=2, tokenizer=None, tokenizer_vocab_size=300)
+
+
+def test_vip5_batches_from_movielens_and_pog(demo_data):
+    for cls, folder in ((MovieLensDataModule, "movielens"), (POGDataModule, "pog")):
+        dm = cls(demo_data / folder, image_encoder="demo-tiny", n_negatives=19, batch_size=4)
+        dm.connect(_vip5_builder())
+        dm.prepare_data()
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["input_ids"].shape[0] == 4 and batch["labels"].shape[0] == 4
+        assert batch["image_feats"].shape[-1] == 32  # demo-tiny CLIP features
+        # every image slot in the prompt has a feature row
+        n_slots = (batch["input_ids"] == dm.sample_builder.image_token_id).sum(1) // 2
+        assert int(n_slots.max()) <= batch["image_feats"].shape[1]
+        test_loaders = dm.test_dataloader()
+        assert len(test_loaders) >= 4  # A-3, A-9, B-5, B-8 (+ C-* where reviews exist)
+
+
+def test_pmg_batches_from_amazon(demo_data):
+    dm = AmazonDataModule(demo_data / "amazon", image_encoder=None, n_negatives=19, batch_size=3)
+    dm.connect(PMGSampleBuilder(PMGDataConfig(history_len=3), image_size=16))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (3, 3, 16, 16)
+    assert batch["images"].min() >= -1 and batch["images"].max() <= 1
+    assert all(batch["pref_keywords"]) and all(batch["target_keywords"])
+    for s in batch["samples"]:  # a target is never part of its own history
+        assert s["target"] not in s["history"] and 1 <= len(s["history"]) <= 3
+
+
+def test_vip5_sequential_and_direct_work_with_only_sequential_data(demo_data, tmp_path, caplog):
+    """Only sequential_data.txt: sequential/direct work, explanation and title templates are dropped."""
+    import shutil
+
+    root = tmp_path / "minimal"
+    root.mkdir()
+    shutil.copy(demo_data / "amazon" / "sequential_data.txt", root)
+    dm = AmazonDataModule(root, image_encoder=None, n_negatives=19, batch_size=4)
+    dm.connect(_vip5_builder())
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    builder = dm.sample_builder
+    assert {t for fam in ("sequential", "direct") for t in [x.id for x in builder.train_templates[fam]]}
+    assert "explanation" not in builder.train_templates or not builder.train_templates["explanation"]
+    assert builder.test_templates == ["A-3", "A-9", "B-5", "B-8"]
+    text = caplog.text
+    assert "meta.json.gz" in text and "B-3" in text  # one warning names the file and the dropped templates
+    assert "exp_splits.pkl" in text and "C-12" in text
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.all(batch["image_feats"] == 0)  # no images: no image tokens
+    assert not (batch["input_ids"] == builder.image_token_id).any()
