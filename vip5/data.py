@@ -103,6 +103,7 @@ class VIP5SampleBuilder(SampleBuilder):
         self.epoch = 0
         self.data: RecData | None = None
         self.predict_users: list[str] | None = None
+        self._warned_truncation = False
 
     # -- connection ----------------------------------------------------------------------------
     @property
@@ -122,6 +123,10 @@ class VIP5SampleBuilder(SampleBuilder):
         return getattr(self.data.index, "name", "?") if self.data else "?"
 
     def connect(self, data: RecData) -> None:
+        n_neg = min((len(v) for v in data.negatives.values()), default=0)
+        if self.config.n_candidates - 1 > n_neg:
+            raise ValueError(f"prompts.n_candidates={self.config.n_candidates} needs {self.config.n_candidates - 1} "
+                             f"fixed negatives per user, the data module has {n_neg} (raise n_negatives)")
         self.data = data
         self.features = data.feature_matrix()
         self.row = {iid: i for i, iid in enumerate(data.corpus.item_ids)}
@@ -400,6 +405,12 @@ class VIP5SampleBuilder(SampleBuilder):
         enc = tok([s["source"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_source_length, return_tensors="pt")
         input_ids = enc["input_ids"]
+        if not self._warned_truncation and input_ids.size(1) >= c.max_source_length:
+            full = max(len(x) for x in tok([s["source"] for s in samples])["input_ids"])
+            if full > c.max_source_length:
+                self._warned_truncation = True
+                log.warning("prompts of %d tokens are cut at max_source_length=%d (e.g. %s): raise it or lower "
+                            "max_history / n_candidates", full, c.max_source_length, samples[0]["template"])
         wwids = torch.zeros_like(input_ids)
         for b in range(input_ids.size(0)):
             tokens = tok.convert_ids_to_tokens(input_ids[b].tolist())
