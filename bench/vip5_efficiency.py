@@ -138,7 +138,7 @@ def child(args: argparse.Namespace) -> None:
     runtime_kb = _rss_kb()
     torch.manual_seed(0)
     model = VIP5Model(
-        backbone_config=T5_SMALL_SHAPE,
+        backbone_config={**T5_SMALL_SHAPE, "dropout_rate": args.dropout},
         feature_dim=512,
         n_image_tokens=args.n_image_tokens,
         adapter=AdapterConfig(reduction_factor=8),
@@ -202,7 +202,7 @@ class _Child:
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         env.setdefault("HF_HUB_OFFLINE", "1")
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode]
-        for key in ("threads", "batch", "src_len", "tgt_len", "items", "n_image_tokens", "device"):
+        for key in ("threads", "batch", "src_len", "tgt_len", "items", "n_image_tokens", "dropout", "device"):
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         self.mode = mode
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-image-tokens", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--dropout", type=float, default=0.1, help="T5 dropout_rate (VIP5: 0.1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="adapters", help=argparse.SUPPRESS)
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"VIP5 efficiency: t5-small shape, batch {args.batch} x {args.src_len} source / {args.tgt_len} target tokens, "
-        f"{args.device}, {args.threads} threads, {args.warmup} warm-up + median of {args.steps} steps per mode",
+        f"dropout {args.dropout}, {args.device}, {args.threads} threads, {args.warmup} warm-up + median of "
+        f"{args.steps} steps per mode",
         flush=True,
     )
     children = {}

@@ -51,6 +51,17 @@ class FrameworkCLI(LightningCLI):
             "--run_name", type=str | None, default=None, help="Name of the run (W&B name, output sub-folder)."
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning re-applies a checkpoint's hyperparameters over the whole model config. Keep that for the
+        architecture, but let run-time settings (``model.<key>`` for each key in the module's ``RUNTIME_KEYS``,
+        e.g. decoding or generation options) come from the user's config and command line."""
+        sub = self.config.get("subcommand")
+        keys = getattr(self._model_class, "RUNTIME_KEYS", ())
+        kept = {k: self.config[sub]["model"].get(k) for k in keys} if sub else {}
+        super()._parse_ckpt_path()
+        for k, v in kept.items():
+            self.config[sub]["model"][k] = v
+
     def instantiate_classes(self) -> None:  # noqa: D102
         super().instantiate_classes()
         builder = getattr(self.model, "sample_builder", None)

@@ -38,8 +38,6 @@ class PMGDataConfig:
         n_preference_keywords: preference keywords per user (paper: 10).
         n_target_keywords: keywords per target item (paper: 5).
         max_prompt_length: LLM tokens of the behaviour prompt (longer prompts keep their end).
-        predict_users: users ``pmg predict`` generates for (default: the first ``predict_limit`` test users).
-        predict_limit: number of users when ``predict_users`` is not given.
     """
 
     scenario: str = "costume"
@@ -48,8 +46,6 @@ class PMGDataConfig:
     n_preference_keywords: int = 10
     n_target_keywords: int = 5
     max_prompt_length: int = 256
-    predict_users: list[str] | None = None
-    predict_limit: int = 8
 
 
 class _List(Dataset):
@@ -90,6 +86,8 @@ class PMGSampleBuilder(SampleBuilder):
         self.data: RecData | None = None
         self.prompts = ScenarioPrompts(config.scenario)
         self.stats: Counter = Counter()
+        self.predict_users: list[str] | None = None  # set by the module from its generation settings
+        self.predict_limit = 8
 
     # -- set-up --------------------------------------------------------------------------------
     def _extractor(self, data: RecData) -> KeywordExtractor:
@@ -192,9 +190,9 @@ class PMGSampleBuilder(SampleBuilder):
     # -- datasets ------------------------------------------------------------------------------
     def dataset(self, split: Split) -> Dataset:
         if split == "predict":
-            users = self.config.predict_users
+            users = self.predict_users
             test = self.samples["test"]
-            chosen = [s for s in test if s["user"] in set(users)] if users else test[: self.config.predict_limit]
+            chosen = [s for s in test if s["user"] in set(users)] if users else test[: self.predict_limit]
             if users and len(chosen) < len(users):
                 missing = sorted(set(users) - {s["user"] for s in chosen})
                 raise ValueError(f"no PMG test sample for users {missing[:10]}")

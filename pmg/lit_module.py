@@ -47,6 +47,9 @@ class GenerationConfig:
         output_dir: where ``pmg predict`` writes images, JSON lines and contact sheets.
         save_candidates: also write every candidate image, not only the chosen one.
         seed: base seed; each (user, target) sample derives its own.
+        predict_users: users ``pmg predict`` generates for (their test sample); default: the first
+            ``predict_limit`` test users.
+        predict_limit: number of users when ``predict_users`` is not given.
     """
 
     grid: list[tuple[float, float]] = field(default_factory=lambda: [(1.0, 1.0), (1.5, 1.0), (2.0, 1.0), (1.0, 1.5)])
@@ -62,6 +65,8 @@ class GenerationConfig:
     output_dir: str = "outputs/pmg/predictions"
     save_candidates: bool = False
     seed: int = 42
+    predict_users: list[str] | None = None
+    predict_limit: int = 8
 
 
 @dataclass
@@ -104,6 +109,9 @@ class PMGLitModule(L.LightningModule):
         gradient_checkpointing: recompute LLM layers in backward (for 7B models).
         seed: seed of the from-config components and of the soft-token initialisation.
     """
+
+    # settings of how a trained model is used, taken from the command line even with --ckpt_path
+    RUNTIME_KEYS = ("generation", "evaluation")
 
     def __init__(
         self,
@@ -175,6 +183,9 @@ class PMGLitModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":  # before the predict dataloader is built
+            self.sample_builder.predict_users = self.gen_config.predict_users
+            self.sample_builder.predict_limit = self.gen_config.predict_limit
         if stage == "fit" and not self.n_soft:
             raise ValueError(
                 "nothing to train: use_soft is false (or n_soft_tokens is 0), so PMG is keyword-only; "

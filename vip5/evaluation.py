@@ -41,7 +41,9 @@ class EvalConfig:
         max_explanation_length: new tokens for explanations (the original was silently capped at 20).
         bleu_level: ``word`` (default) or ``char`` (parity with the VIP5 notebook's char-level BLEU).
         top_k: items written per user by ``vip5 predict``.
-        predict_explanations: also write an explanation for the top item in ``vip5 predict``.
+        predict_explanations: also write an explanation (C-3 style, for the top item) in ``vip5 predict``.
+        predict_users: users ``vip5 predict`` recommends for (default: every user of the test split).
+        predictions_file: JSON-lines file (under the trainer's root dir) ``vip5 predict`` writes.
     """
 
     num_beams: int = 20
@@ -54,6 +56,8 @@ class EvalConfig:
     bleu_level: Literal["word", "char"] = "word"
     top_k: int = 10
     predict_explanations: bool = False
+    predict_users: list[str] | None = None
+    predictions_file: str = "predictions.jsonl"
 
 
 class Evaluator:
@@ -261,20 +265,43 @@ class Evaluator:
                 for i in items[: self.config.top_k]
             ]
             rows.append({"user": s["user"], "recommendations": recs})
+        if self.config.predict_explanations:
+            for row in rows:
+                row["explanation"] = self.explain_item(row["user"], row["recommendations"][0]["item"])
         return rows
+
+    @torch.no_grad()
+    def explain_item(self, user: str, item: str) -> str | None:
+        """Greedy explanation of why ``user`` would like ``item`` (C-3 style prompt); None without C-3."""
+        b = self.builder
+        if "C-3" not in b.available:
+            return None
+        from vip5 import prompts as P
+
+        fields = {"user_id": user, "user_desc": b._user_desc(user), "item_id": b.data.index.to_id[item],
+                  "title": b.data.corpus.items[item].title or "unknown title", "star_rating": 5, "feature": "",
+                  "summary": "", "explanation": "", "target": ""}
+        tpl = b.available["C-3"]
+        source, _, _ = P.render(tpl, fields, n_image_tokens=b.n_images)
+        images = P.image_items(tpl, {"item": [item]}) if b.n_images else []
+        sample = {"source": source, "target": "", "task": "explanation", "template": "C-3", "images": images,
+                  "user": user, "target_item": item, "candidates": None, "history": []}
+        batch = b.collate([sample])
+        return self._explain(batch)[0]
 
 
 def format_table(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """A plain-text prompt × metric table."""
     cols = [c for c in ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "invalid_rate", "BLEU-4",
                         "rouge1", "rouge2", "rougeL", "n") if any(c in r for r in table.values())]
-    head = f"{'prompt':<8}" + "".join(f"{c:>10}" for c in cols)
+    width = {c: max(10, len(c) + 2) for c in cols}
+    head = f"{'prompt':<8}" + "".join(f"{c:>{width[c]}}" for c in cols)
     lines = [" ".join(f"{k}={v}" for k, v in meta.items()), head, "-" * len(head)]
     for prompt, row in table.items():
         cells = []
         for c in cols:
-            v = row.get(c)
-            cells.append(f"{'':>10}" if v is None else (f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}"))
+            v, w = row.get(c), width[c]
+            cells.append(f"{'':>{w}}" if v is None else (f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}"))
         lines.append(f"{prompt:<8}" + "".join(cells))
     return "\n".join(lines)
 

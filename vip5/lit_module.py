@@ -52,6 +52,9 @@ class VIP5LitModule(L.LightningModule):
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk, §6.2.8).
     """
 
+    # settings of how a trained model is used, taken from the command line even with --ckpt_path
+    RUNTIME_KEYS = ("evaluation",)
+
     def __init__(
         self,
         backbone: str = "t5-small",
@@ -113,6 +116,8 @@ class VIP5LitModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
+        if stage == "predict":  # before the predict dataloader is built
+            self.sample_builder.predict_users = self.eval_config.predict_users
         # A from-config backbone's tokenizer lives in its checkpoints: adopt it before the model is built, so a
         # restored model always sees the vocabulary it was trained with.
         ckpt = self.checkpoint_hint
@@ -213,8 +218,24 @@ class VIP5LitModule(L.LightningModule):
         if self.trainer.is_global_zero:
             self.evaluator.report(table, self.trainer, indexing=self.sample_builder.indexing_name)
 
+    def on_predict_start(self) -> None:
+        self._predictions: list[dict[str, Any]] = []
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        return self.evaluator.predict(batch)
+        rows = self.evaluator.predict(batch)
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_end(self) -> None:
+        import json
+
+        from common.io import write_text
+
+        path = Path(self.trainer.default_root_dir) / self.eval_config.predictions_file
+        if self.trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{self.global_rank}{path.suffix}")
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._predictions))
+        rank_zero_info(f"wrote {len(self._predictions)} users' top-{self.eval_config.top_k} recommendations to {path}")
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

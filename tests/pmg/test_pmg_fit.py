@@ -65,7 +65,7 @@ def test_checkpoint_holds_trainable_weights_and_resumes(trained, demo_data):
 def test_predict_writes_images_sheets_and_json_lines(trained, demo_data):
     cli, out, *_ = trained
     pred_out = out / "pred"
-    cli3 = _cli(demo_data / "pog", out, "--model.data.predict_limit", "2",
+    cli3 = _cli(demo_data / "pog", out, "--model.generation.predict_limit", "2",
                 "--model.generation.output_dir", str(pred_out))
     cli3.trainer.predict(cli3.model, cli3.datamodule, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     rows = [json.loads(line) for line in (pred_out / "predictions.jsonl").read_text().splitlines()]
@@ -93,3 +93,16 @@ def test_fit_without_soft_embedding_is_refused(demo_data, tmp_path):
     cli = _cli(demo_data / "pog", tmp_path, "--model.use_soft", "false")
     with pytest.raises(ValueError, match="nothing to train"):
         cli.trainer.fit(cli.model, cli.datamodule)
+
+
+def test_cli_predict_takes_generation_settings_from_command_line(trained, demo_data):
+    """`pmg predict --ckpt_path` keeps the trained architecture but uses the command line's generation options."""
+    _, out, *_ = trained
+    target = out / "cli_pred"
+    main(["predict", "--config", str(DEFAULT_CONFIG), "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
+          "--data.init_args.data_dir", str(demo_data / "pog"), "--data.init_args.generate_demo", "false",
+          "--data.init_args.n_negatives", "19", "--model.generation.predict_limit", "1",
+          "--model.generation.output_dir", str(target), "--model.generation.steps", "1",
+          "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
+    assert len(list((target / "sheets").glob("*.png"))) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -65,3 +67,33 @@ def test_fit_lowers_loss_and_checkpoint_resumes(demo_data, tmp_path):
     with torch.no_grad():
         after = cli2.model._loss(batch).item()
     assert after < before - 0.1, (before, after)
+
+
+def test_test_table_and_predict_lines(demo_data, tmp_path):
+    out = tmp_path / "eval"
+    cli = _fit(demo_data / "amazon", out, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+               "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+               "--model.evaluation.top_k", "5")
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=ckpt, verbose=False)
+    results = json.loads((out / "checkpoints" / "test_results.json").read_text())
+    assert results["meta"]["decoding"] == "trie" and results["meta"]["indexing"] == "sequential"
+    table = results["results"]
+    assert set(table) == {"A-3", "A-9", "B-5", "B-8", "C-3", "C-12"}
+    assert table["A-3"]["invalid_rate"] == 0.0  # trie-constrained: every returned id exists
+    for prompt in ("A-3", "B-5"):
+        assert 0.0 <= table[prompt]["NDCG@10"] <= table[prompt]["HR@10"] <= 1.0
+    assert {"BLEU-4", "rouge1", "rouge2", "rougeL"} <= set(table["C-3"])
+
+    users = list(cli.datamodule.data.split.test)[:3]
+    cli2 = main(["--config", str(_default()), *_args(demo_data / "amazon", out,
+                                                     "--model.evaluation.predict_users", json.dumps(users),
+                                                     "--model.evaluation.top_k", "5")], run_cli=False)
+    cli2.trainer.predict(cli2.model, cli2.datamodule, ckpt_path=ckpt)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["user"] for r in rows] == users
+    corpus = cli2.datamodule.data.corpus
+    for r in rows:
+        recs = r["recommendations"]
+        assert len(recs) == 5 and len({x["item"] for x in recs}) == 5
+        assert all(x["item"] in corpus.items and x["title"] == corpus.items[x["item"]].title for x in recs)

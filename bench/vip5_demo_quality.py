@@ -1,0 +1,82 @@
+"""VIP5 on the demo data within a fixed CPU budget: does it beat popularity, and do images help?
+
+Trains the embedded default twice on the same generated shop — with image tokens (n=2) and text-only (n=0)
+— for the same number of epochs, evaluates A-3 (sequential, full catalogue, trie-constrained beam search) and
+B-5 (direct, the fixed candidate lists, exact likelihood ranking), and scores popularity through the same
+metric code. The demo's item ids carry no signal (random numbering), while item images show the colour/shape
+that drive user tastes, so images must help direct recommendation. The LAST line is one JSON object:
+
+    {"hr10_vip5": ..., "hr10_popularity": ..., "hr10_direct_with_images": ...,
+     "hr10_direct_without_images": ..., ...}
+
+    .venv/bin/python bench/vip5_demo_quality.py [--epochs 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def train_and_test(data: Path, out: Path, n_image_tokens: int, epochs: int) -> dict:
+    from vip5.cli import DEFAULT_CONFIG, main
+
+    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.enable_progress_bar",
+                "false", "--trainer.default_root_dir", str(out), "--trainer.callbacks.dirpath", str(out / "ckpt"),
+                "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
+                "--trainer.max_epochs", str(epochs), "--model.n_image_tokens", str(n_image_tokens),
+                "--model.prompts.test_templates", "[A-3, B-5]"], run_cli=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_s = time.perf_counter() - start
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)
+    return {"results": cli.model.test_results, "fit_seconds": round(fit_s, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", type=Path, default=None, help="demo data folder (default: generated in a temp dir)")
+    args = ap.parse_args()
+
+    import torch
+
+    from common.data.demo import generate_demo
+    from vip5.baselines import run_baselines
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vip5_quality_"))
+    data = args.data or generate_demo(tmp / "demo")["amazon"].parent
+    base = run_baselines(str(data / "amazon"), n_negatives=19)
+    print("popularity:", json.dumps(base["popularity"]), flush=True)
+    runs = {}
+    for n in (2, 0):
+        print(f"training VIP5 with n_image_tokens={n} for {args.epochs} epochs ...", flush=True)
+        runs[n] = train_and_test(data, tmp / f"n{n}", n, args.epochs)
+        print(f"n={n}: {json.dumps(runs[n])}", flush=True)
+    res = {
+        "hr10_vip5": runs[2]["results"]["A-3"]["HR@10"],
+        "hr10_popularity": base["popularity"]["sequential"]["hr@10"],
+        "hr10_direct_with_images": runs[2]["results"]["B-5"]["HR@10"],
+        "hr10_direct_without_images": runs[0]["results"]["B-5"]["HR@10"],
+        "hr10_direct_popularity": base["popularity"]["direct"]["hr@10"],
+        "ndcg10_vip5": runs[2]["results"]["A-3"]["NDCG@10"],
+        "ndcg10_direct_with_images": runs[2]["results"]["B-5"]["NDCG@10"],
+        "ndcg10_direct_without_images": runs[0]["results"]["B-5"]["NDCG@10"],
+        "n_candidates": 20,
+        "epochs": args.epochs,
+        "fit_seconds": {f"n{n}": r["fit_seconds"] for n, r in runs.items()},
+    }
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
