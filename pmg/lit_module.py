@@ -324,10 +324,24 @@ class PMGLitModule(L.LightningModule):
                             "pref_keywords": pref, "target_keywords": target})
         return results
 
+    def on_predict_start(self) -> None:
+        self._predictions: list[dict[str, Any]] = []
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         from pmg.predict import write_predictions
 
-        return write_predictions(self, self.generate_batch(batch))
+        rows = write_predictions(self, self.generate_batch(batch))
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_end(self) -> None:
+        from pmg.predict import log_to_wandb
+
+        rank_zero_info(f"PMG predictions: {len(self._predictions)} samples; contact sheets in "
+                       f"{Path(self.gen_config.output_dir) / 'sheets'}")
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                log_to_wandb(logger, self._predictions)
 
     # -- evaluation ----------------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:

@@ -54,3 +54,17 @@ def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, A
             f.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
+
+
+def log_to_wandb(logger, rows: list[dict[str, Any]]) -> None:
+    """Contact sheets as W&B images and one table row per sample (keywords, weights, scores, chosen image)."""
+    if not rows:
+        return
+    logger.log_image("predict/sheets", images=[r["sheet"] for r in rows],
+                     caption=[f"user {r['user']} -> {r['target']}" for r in rows])
+    columns = ["user", "target", "preference_keywords", "target_keywords", "chosen_weights", "z", "image"]
+    import wandb
+
+    data = [[r["user"], r["target"], ", ".join(r["preference_keywords"]), ", ".join(r["target_keywords"]),
+             str(r["chosen_weights"]), r["scores"]["z"][r["chosen"]], wandb.Image(r["image"])] for r in rows]
+    logger.log_table("predict/samples", columns=columns, data=data)

@@ -106,3 +106,24 @@ def test_cli_predict_takes_generation_settings_from_command_line(trained, demo_d
           "--model.generation.output_dir", str(target), "--model.generation.steps", "1",
           "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
     assert len(list((target / "sheets").glob("*.png"))) == 1
+
+
+def test_predict_logs_sheets_and_table_to_offline_wandb(trained, demo_data, tmp_path):
+    _, out, *_ = trained
+    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.enable_progress_bar", "false",
+                "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+                "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.project", "pmg-test",
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
+                "--data.init_args.data_dir", str(demo_data / "pog"), "--data.init_args.generate_demo", "false",
+                "--data.init_args.n_negatives", "19", "--model.generation.predict_limit", "1",
+                "--model.generation.steps", "1", "--model.image_size", "16",
+                "--model.generation.output_dir", str(tmp_path / "pred")], run_cli=False)
+    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
+    import wandb
+
+    wandb.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = list(runs[0].glob("files/media/images/**/*.png"))
+    tables = list(runs[0].glob("files/media/table/**/*.table.json"))
+    assert media and tables
