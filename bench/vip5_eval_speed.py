@@ -10,7 +10,8 @@ data (so it emits id-like strings). Prints progress lines; the LAST line is one 
 Targets (issue 4): constrained decoding has 0 invalid ids and is no slower than unconstrained; likelihood
 ranking is at least 3x faster than candidate beam search.
 
-    .venv/bin/python bench/vip5_eval_speed.py [--users 64] [--beams 20] [--train_batches 60]
+    .venv/bin/python bench/vip5_eval_speed.py [--users 64] [--beams 20] [--train_batches 300]
+    .venv/bin/python bench/vip5_eval_speed.py --data data/demo --ckpt outputs/demo/vip5/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=64)
     ap.add_argument("--beams", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--train_batches", type=int, default=60)
+    ap.add_argument("--train_batches", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=None, help="demo data folder (default: generated in a temp dir)")
+    ap.add_argument("--ckpt", type=Path, default=None, help="a trained demo checkpoint (skips training)")
+    ap.add_argument("--candidates", type=int, default=100, help="candidates per direct prompt (paper: 100)")
     args = ap.parse_args()
 
     import torch
@@ -51,11 +54,23 @@ def main() -> None:
                      "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(tmp / "run"),
                      "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(args.train_batches),
-                     "--trainer.limit_val_batches", "0", "--model.evaluation.num_beams", str(args.beams)],
+                     "--trainer.limit_val_batches", "0", "--model.evaluation.num_beams", str(args.beams),
+                     "--data.init_args.n_negatives", str(args.candidates - 1),
+                     "--model.prompts.n_candidates", str(args.candidates),
+                     "--model.prompts.max_source_length", "1024"],
                     run_cli=False)
-    print(f"training the demo model for {args.train_batches} batches ...", flush=True)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    module = cli.model.eval()
+    module, dm = cli.model, cli.datamodule
+    if args.ckpt:
+        module.checkpoint_hint = str(args.ckpt)
+        dm.prepare_data()
+        dm.setup("test")
+        module.setup("test")
+        module.configure_model()
+        module.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    else:
+        print(f"training the demo model for {args.train_batches} batches ...", flush=True)
+        cli.trainer.fit(module, dm)
+    module.eval()
     builder = module.sample_builder
     ev = module.evaluator
 

@@ -103,15 +103,24 @@ class PMGSampleBuilder(SampleBuilder):
             self.keywords.cache = KeywordCache(data.cache_dir / "pmg_keywords.jsonl")
         return self.keywords
 
+    def prepare(self, data_dir, corpus: Corpus) -> None:
+        """Rank 0, before setup: item texts and keywords for every sample, written to the on-disk caches, so that
+        ``connect`` on every rank only reads them (no concurrent writers under DDP)."""
+        from common.data.splits import leave_one_out
+
+        self._build(RecData(corpus, leave_one_out(corpus), {}, {}, None, None, data_dir / "cache", 0))
+
     def connect(self, data: RecData) -> None:
-        self.data = data
-        corpus = data.corpus
-        self.behaviour = BehaviourText(self.config.scenario, cache_path=data.cache_dir / "pmg_item_texts.jsonl")
-        self.item_text = self.behaviour.texts(corpus)
-        self.samples = {split: self._samples(split) for split in ("train", "val", "test")}
-        self._extract_keywords()
+        self._build(data)
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer()
+
+    def _build(self, data: RecData) -> None:
+        self.data = data
+        self.behaviour = BehaviourText(self.config.scenario, cache_path=data.cache_dir / "pmg_item_texts.jsonl")
+        self.item_text = self.behaviour.texts(data.corpus)
+        self.samples = {split: self._samples(split) for split in ("train", "val", "test")}
+        self._extract_keywords()
 
     def _load_tokenizer(self):
         if self.llm_tokenizer_spec is not None:
@@ -183,9 +192,6 @@ class PMGSampleBuilder(SampleBuilder):
         self.pref_keywords = ex.preference(histories)
         targets = {s["target"] for samples in self.samples.values() for s in samples}
         self.target_keywords = ex.target({i: self.item_text[i] for i in sorted(targets)})
-
-    def prepare(self, data_dir, corpus: Corpus) -> None:  # keyword extraction happens (cached) in connect
-        return None
 
     # -- datasets ------------------------------------------------------------------------------
     def dataset(self, split: Split) -> Dataset:

@@ -166,25 +166,39 @@ class Evaluator:
         return ranks
 
     @torch.no_grad()
-    def candidate_scores(self, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Teacher-forced log-likelihood of every candidate id, one encoder pass per row (batched)."""
-        enc = self.model.encode(**{k: v for k, v in self._inputs(batch).items()})
+    def candidate_scores(self, batch: dict[str, Any], max_rows: int = 512) -> list[torch.Tensor]:
+        """Teacher-forced log-likelihood of every candidate id: one encoder pass for the batch, then decoder
+        passes over all rows' candidates together (``max_rows`` candidate sequences per pass bounds memory)."""
+        enc = self.model.encode(**self._inputs(batch))
         pad = self.builder.tokenizer.pad_token_id
-        out = []
-        for r, s in enumerate(batch["samples"]):
-            cands = [self.item_tokens[c] for c in s["candidates"]]
-            n, length = len(cands), max(len(c) for c in cands)
-            labels = torch.full((n, length), -100, dtype=torch.long)
-            for j, c in enumerate(cands):
+        samples = batch["samples"]
+        owner, seqs = [], []
+        for r, s in enumerate(samples):
+            for c in s["candidates"]:
+                owner.append(r)
+                seqs.append(self.item_tokens[c])
+        owner_t = torch.tensor(owner, device=enc.last_hidden_state.device)
+        scores = torch.empty(len(seqs))
+        for start in range(0, len(seqs), max_rows):
+            chunk = seqs[start : start + max_rows]
+            rows = owner_t[start : start + len(chunk)]
+            length = max(len(c) for c in chunk)
+            labels = torch.full((len(chunk), length), -100, dtype=torch.long, device=rows.device)
+            for j, c in enumerate(chunk):
                 labels[j, : len(c)] = torch.tensor(c)
-            hidden = enc.last_hidden_state[r : r + 1].expand(n, -1, -1)
-            mask = batch["attention_mask"][r : r + 1].expand(n, -1)
-            logits = self.model.decode_logits(hidden, mask, labels.masked_fill(labels == -100, pad),
-                                              tasks=[s["task"]] * n)
+            logits = self.model.decode_logits(
+                enc.last_hidden_state[rows], batch["attention_mask"][rows], labels.masked_fill(labels == -100, pad),
+                tasks=[samples[int(r)]["task"] for r in rows],
+            )
             logp = torch.log_softmax(logits.float(), -1)
             valid = labels != -100
             tok_lp = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) * valid
-            out.append(tok_lp.sum(1).cpu())
+            scores[start : start + len(chunk)] = tok_lp.sum(1).cpu()
+        out, pos = [], 0
+        for s in samples:
+            n = len(s["candidates"])
+            out.append(scores[pos : pos + n])
+            pos += n
         return out
 
     @torch.no_grad()

@@ -97,3 +97,23 @@ def test_test_table_and_predict_lines(demo_data, tmp_path):
         recs = r["recommendations"]
         assert len(recs) == 5 and len({x["item"] for x in recs}) == 5
         assert all(x["item"] in corpus.items and x["title"] == corpus.items[x["item"]].title for x in recs)
+
+
+def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_path):
+    cli = _fit(demo_data / "amazon", tmp_path / "s", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+               "2", "--trainer.limit_val_batches", "0")
+    module = cli.model.eval()
+    builder = module.sample_builder
+    batch = next(iter(builder.dataloaders("test", 3, 0)[builder.test_templates.index("B-5")]))
+    scores = module.evaluator.candidate_scores(batch, max_rows=7)  # chunks cut across rows
+    tok = builder.tokenizer
+    with torch.no_grad():
+        for r, s in enumerate(batch["samples"]):
+            for j in (0, 5, len(s["candidates"]) - 1):
+                ids = module.evaluator.item_tokens[s["candidates"][j]]
+                labels = torch.tensor([ids])
+                row = {k: (v[r : r + 1] if torch.is_tensor(v) else v[r : r + 1]) for k, v in batch.items()}
+                out = module.model(**module._model_inputs(row), labels=labels)
+                expected = -out.loss.item() * len(ids)  # token-mean CE -> summed log-likelihood
+                assert abs(float(scores[r][j]) - expected) < 1e-3, (r, j)
+    assert tok.pad_token_id == 0
