@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
@@ -166,40 +167,53 @@ class Evaluator:
         return ranks
 
     @torch.no_grad()
-    def candidate_scores(self, batch: dict[str, Any], max_rows: int = 512) -> list[torch.Tensor]:
-        """Teacher-forced log-likelihood of every candidate id: one encoder pass for the batch, then decoder
-        passes over all rows' candidates together (``max_rows`` candidate sequences per pass bounds memory)."""
-        enc = self.model.encode(**self._inputs(batch))
-        pad = self.builder.tokenizer.pad_token_id
+    def candidate_scores(self, batch: dict[str, Any], max_rows: int = 2048) -> list[torch.Tensor]:
+        """Teacher-forced log-likelihood of every candidate id, exact and batched.
+
+        The prompt is encoded once per row. All of a row's candidates are then packed into ONE decoder sequence
+        of blocks ``[start, t0, ..., t_{L-2}]`` under a block-diagonal causal mask, so the decoder cross-attends
+        to the (long) prompt once per row rather than once per candidate, and nothing is copied per candidate.
+        This is exact for T5: each block only sees itself, and relative position biases only see distances
+        inside a block. ``max_rows`` bounds the candidate sequences per decoder pass (memory).
+        """
+        model, t5 = self.model, self.model.t5
         samples = batch["samples"]
-        owner, seqs = [], []
+        inputs = self._inputs(batch)
+        enc = model.encode(**inputs)
+        device = batch["attention_mask"].device
+        pad, start = self.builder.tokenizer.pad_token_id, t5.config.decoder_start_token_id
+        n = max(len(s["candidates"]) for s in samples)
+        block = max(len(self.item_tokens[c]) for s in samples for c in s["candidates"])
+        labels = torch.full((len(samples), n, block), -100, dtype=torch.long)
         for r, s in enumerate(samples):
-            for c in s["candidates"]:
-                owner.append(r)
-                seqs.append(self.item_tokens[c])
-        owner_t = torch.tensor(owner, device=enc.last_hidden_state.device)
-        scores = torch.empty(len(seqs))
-        for start in range(0, len(seqs), max_rows):
-            chunk = seqs[start : start + max_rows]
-            rows = owner_t[start : start + len(chunk)]
-            length = max(len(c) for c in chunk)
-            labels = torch.full((len(chunk), length), -100, dtype=torch.long, device=rows.device)
-            for j, c in enumerate(chunk):
-                labels[j, : len(c)] = torch.tensor(c)
-            logits = self.model.decode_logits(
-                enc.last_hidden_state[rows], batch["attention_mask"][rows], labels.masked_fill(labels == -100, pad),
-                tasks=[samples[int(r)]["task"] for r in rows],
-            )
-            logp = torch.log_softmax(logits.float(), -1)
-            valid = labels != -100
-            tok_lp = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) * valid
-            scores[start : start + len(chunk)] = tok_lp.sum(1).cpu()
-        out, pos = [], 0
-        for s in samples:
-            n = len(s["candidates"])
-            out.append(scores[pos : pos + n])
-            pos += n
-        return out
+            for j, c in enumerate(s["candidates"]):
+                ids = self.item_tokens[c]
+                labels[r, j, : len(ids)] = torch.tensor(ids)
+        dec_in = torch.cat([torch.full((len(samples), n, 1), start), labels[:, :, :-1].clamp_min(0)], dim=2)
+        dec_in = dec_in.masked_fill(dec_in < 0, pad)
+        pos = torch.arange(n * block)
+        allowed = (pos[:, None] // block == pos[None, :] // block) & (pos[None, :] <= pos[:, None])
+        dtype = enc.last_hidden_state.dtype
+        mask4d = torch.zeros(1, 1, n * block, n * block, dtype=dtype, device=device)
+        mask4d.masked_fill_(~allowed.to(device), torch.finfo(dtype).min)
+        per_pass = max(1, max_rows // n)
+        scores = []
+        for b0 in range(0, len(samples), per_pass):
+            rows = slice(b0, b0 + per_pass)
+            lab = labels[rows].to(device)
+            k = lab.size(0)
+            with model.adapter_tasks(inputs["tasks"][rows]):
+                logits = t5(encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state[rows]),
+                            attention_mask=batch["attention_mask"][rows], decoder_input_ids=dec_in[rows].reshape(
+                                k, n * block).to(device),
+                            decoder_attention_mask=mask4d.expand(k, -1, -1, -1), use_cache=False,
+                            return_dict=True).logits
+            logp = torch.log_softmax(logits.float(), -1).view(k, n, block, -1)
+            valid = lab != -100
+            tok_lp = logp.gather(-1, lab.clamp_min(0).unsqueeze(-1)).squeeze(-1) * valid
+            scores.append(tok_lp.sum(-1).cpu())
+        scores_t = torch.cat(scores)
+        return [scores_t[r, : len(s["candidates"])] for r, s in enumerate(samples)]
 
     @torch.no_grad()
     def _explain(self, batch: dict[str, Any]) -> list[str]:
