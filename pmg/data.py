@@ -48,6 +48,14 @@ class PMGDataConfig:
     max_prompt_length: int = 256
 
 
+def local_image(corpus: Corpus, item_id: str) -> str | None:
+    """Path of the item's image if it is a local file (a remote URL is not usable offline: fetch it first)."""
+    from pathlib import Path
+
+    path = corpus.image_path(item_id)
+    return path if path and "://" not in path and Path(path).is_file() else None
+
+
 class _List(Dataset):
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self.items = items
@@ -171,7 +179,7 @@ class PMGSampleBuilder(SampleBuilder):
                 if not history:
                     self.stats["no_history"] += 1
                     continue
-                if corpus.image_path(target) is None:
+                if local_image(corpus, target) is None:
                     self.stats["target_without_image"] += 1
                     continue
                 out.append({"user": user, "history": history, "target": target, "split": split})

@@ -351,6 +351,9 @@ class PMGLitModule(L.LightningModule):
         self.similarity = ImageSimilarity(net=ev.lpips_net, allow_random_trunk=ev.allow_random_lpips)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from functools import partial
+
+        from pmg.data import local_image
         from pmg.diffusion import load_image_tensor
 
         corpus = self.sample_builder.data.corpus
@@ -359,8 +362,8 @@ class PMGLitModule(L.LightningModule):
             s = r["sample"]
             chosen = r["images"][r["best"]]
             target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
-            history = [(load_image_tensor(corpus.image_path(i), size) + 1) / 2 for i in s["history"]
-                       if corpus.image_path(i)]
+            history = [(load_image_tensor(path, size) + 1) / 2 for path in map(partial(local_image, corpus),
+                                                                                 s["history"]) if path]
             self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
 
     def on_test_epoch_end(self) -> None:

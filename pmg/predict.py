@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from common.io import atomic_open
+from pmg.data import local_image
 from pmg.diffusion import load_image_tensor
 from pmg.sheets import contact_sheet, to_pil
 
@@ -37,7 +38,7 @@ def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, A
                 p = out / "candidates" / f"{stem}_{k}.png"
                 _save_png(img, p)
                 cand_paths.append(str(p))
-        history = [Image.open(corpus.image_path(i)).convert("RGB") for i in s["history"] if corpus.image_path(i)]
+        history = [Image.open(path).convert("RGB") for path in (local_image(corpus, i) for i in s["history"]) if path]
         target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
         z = r["scores"]["z"]
         labels = [f"wp={wp:g} wt={wt:g}\nz={float(z[k]):.3f}" for k, (wp, wt) in enumerate(grid)]

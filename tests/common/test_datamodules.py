@@ -65,3 +65,26 @@ def test_vip5_sequential_and_direct_work_with_only_sequential_data(demo_data, tm
     batch = next(iter(dm.train_dataloader()))
     assert torch.all(batch["image_feats"] == 0)  # no images: no image tokens
     assert not (batch["input_ids"] == builder.image_token_id).any()
+
+
+def test_pmg_skips_and_counts_targets_without_image(demo_data, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "pog"
+    shutil.copytree(demo_data / "pog", root)
+    dm = POGDataModule(root, image_encoder=None, n_negatives=19, batch_size=2)
+    dm.connect(PMGSampleBuilder(PMGDataConfig(history_len=3), image_size=16))
+    dm.setup("fit")
+    full = {s["target"] for s in dm.sample_builder.samples["test"]}
+    victim = sorted(full)[0]
+    for f in (root / "images").glob(f"{victim}.*"):
+        f.unlink()
+    (root / "item_data.txt").write_text("".join(
+        line if not line.startswith(f"{victim},") else f"{victim},0,,no picture\n"
+        for line in (root / "item_data.txt").read_text().splitlines(keepends=True)))
+    dm2 = POGDataModule(root, image_encoder=None, n_negatives=19, batch_size=2)
+    dm2.connect(PMGSampleBuilder(PMGDataConfig(history_len=3), image_size=16))
+    with caplog.at_level(logging.WARNING):
+        dm2.setup("fit")
+    assert victim not in {s["target"] for s in dm2.sample_builder.samples["test"]}
+    assert "target without image" in caplog.text
