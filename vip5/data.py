@@ -193,7 +193,8 @@ class VIP5SampleBuilder(SampleBuilder):
         """Text the from-config tokenizer is trained on: rendered prompts of every family plus item text."""
         rng = random.Random(self.config.seed)
         texts = []
-        for recipe in self._train_recipes(epoch=0)[:4000]:
+        recipes = self._train_recipes(epoch=0)
+        for recipe in rng.sample(recipes, min(4000, len(recipes))):  # every family, not just the first
             s = self.make(recipe, rng, train=True)
             texts += [s["source"], s["target"]]
         for item in self.data.corpus.items.values():
