@@ -154,7 +154,7 @@ class RecDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.generate_demo and not (self.data_dir / "_DONE").exists() and not self.data_dir.exists():
+        if self.generate_demo and not self.data_dir.exists():  # the generator writes all sources at once
             from common.data.demo import generate_demo
 
             generate_demo(self.data_dir.parent)
