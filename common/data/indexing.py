@@ -191,30 +191,6 @@ class RandomIndexing(ItemIndexing):
         return ItemIndex(self.name, {item: str(start + n) for n, item in enumerate(order)})
 
 
-def next_unused_id_ranking(history_ids: list[int], n_items: int, k: int) -> list[int]:
-    """Model-free ranking that exploits P5's id leak (§6.1); a sanity baseline, not a recommender.
-
-    Candidate order: max+1, max+2, last+1, last+2, then max+3, max+4, ... up to ``n_items``, then downwards
-    from max-1 to 1. Ids in the history, repeats and ids outside 1..n_items are skipped; at most k are returned.
-    """
-    if not history_ids:
-        return list(range(1, min(k, n_items) + 1))
-    hist, top, last = set(history_ids), max(history_ids), history_ids[-1]
-    out: dict[int, None] = {}
-
-    def candidates():
-        yield from (top + 1, top + 2, last + 1, last + 2)
-        yield from range(top + 3, n_items + 1)
-        yield from range(min(top, n_items + 1) - 1, 0, -1)
-
-    for c in candidates():
-        if len(out) == k:
-            break
-        if 1 <= c <= n_items and c not in hist:
-            out[c] = None
-    return list(out)
-
-
 def leak_rate(split: LeaveOneOut, index: ItemIndex) -> float:
     """Share of test users whose target id is max(history ids) + 1 under ``index`` (numeric ids only)."""
     hits = total = 0

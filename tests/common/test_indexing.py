@@ -13,10 +13,10 @@ from common.data.indexing import (
     ItemIndexing,
     build_indexing,
     leak_rate,
-    next_unused_id_ranking,
     register_indexing,
 )
 from common.data.splits import leave_one_out
+from vip5.baselines import next_unused_id_ranking  # the one implementation
 
 
 def make_corpus(sequences: dict[str, list[str]], items: list[str] | None = None) -> Corpus:
@@ -65,9 +65,9 @@ def test_sequential_indexing_removes_the_p5_leak():
     # the model-free heuristic gets 3 of 4 test items at rank 1 on the P5 ids, none after re-indexing
     for idx, hits in ((p5, 3), (seq, 0)):
         n = 0
-        for hist, target in s.test.values():
-            top1 = next_unused_id_ranking([int(i) for i in idx.ids(hist)], len(c.items), 1)
-            n += top1 == [int(idx.to_id[target])]
+        for user, (hist, target) in s.test.items():
+            top1 = next_unused_id_ranking({user: idx.ids(hist)}, 1, catalogue=list(idx.to_item))[user]
+            n += top1 == [idx.to_id[target]]
         assert n == hits
 
 
@@ -116,9 +116,3 @@ def test_uniqueness_and_registry():
         INDEXINGS.pop("_test_reversed")
 
 
-def test_next_unused_id_ranking_hand_example():
-    # max 7, last 5: 8, 9, 6 (last+1), 7 is history, then 10, then downwards 6 (dup), 5 (history), 4, ...
-    assert next_unused_id_ranking([3, 7, 5], n_items=10, k=5) == [8, 9, 6, 10, 4]
-    assert next_unused_id_ranking([3, 7, 5], n_items=10, k=20) == [8, 9, 6, 10, 4, 2, 1]
-    assert next_unused_id_ranking([10, 2], n_items=10, k=3) == [3, 4, 9]
-    assert next_unused_id_ranking([], n_items=10, k=3) == [1, 2, 3]
