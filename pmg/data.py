@@ -48,6 +48,11 @@ class PMGDataConfig:
     max_prompt_length: int = 256
 
 
+def digest(parts) -> str:
+    """Short content hash of strings (cache folder names, per-sample seeds)."""
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
 def local_image(corpus: Corpus, item_id: str) -> str | None:
     """Path of the item's image if it is a local file (a remote URL is not usable offline: fetch it first)."""
     from pathlib import Path
@@ -142,8 +147,7 @@ class PMGSampleBuilder(SampleBuilder):
         from common.tiny_tokenizer import build_word_tokenizer
 
         texts = self.vocabulary_texts()
-        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-        folder = self.data.cache_dir / f"pmg_llm_tokenizer_{digest}"
+        folder = self.data.cache_dir / f"pmg_llm_tokenizer_{digest(texts)}"
         if (folder / "tokenizer.json").exists():
             from transformers import PreTrainedTokenizerFast
 

@@ -182,23 +182,30 @@ def _tiny_clip_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike) -> Pr
     return build_word_tokenizer(texts, out_dir, CLIP_SPECIAL_TOKENS, add_eos=True, model_max_length=77)
 
 
+def as_pipeline(c: SDComponents, scheduler=None):
+    """The stock ``StableDiffusionPipeline`` over these components (no safety checker, feature extractor or image
+    encoder); ``scheduler`` defaults to the training noise scheduler."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=c.noise_scheduler if scheduler is None else scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
 def save_components(c: SDComponents, out_dir: str | os.PathLike) -> Path:
     """Write ``c`` as a diffusers Stable Diffusion folder (atomically); reload with :func:`load_sd_components`.
 
     The folder is also a valid ``StableDiffusionPipeline`` checkpoint (no safety checker or feature extractor).
     """
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        scheduler=c.noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = as_pipeline(c)
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp)
     return Path(out_dir)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from pmg.conditioning import assemble_condition, encode_text, repeat_keywords, scale_tokens
-from pmg.diffusion import SDComponents
+from pmg.diffusion import SDComponents, as_pipeline
 
 Weighting = Literal["scale", "repeat"]
 SchedulerName = Literal["ddim", "ddpm", "dpmsolver"]
@@ -77,7 +77,6 @@ class WeightedGenerator:
         sep: str = ", ",
     ) -> None:
         import diffusers
-        from diffusers import StableDiffusionPipeline
 
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
@@ -105,17 +104,7 @@ class WeightedGenerator:
         accepted = inspect.signature(sched_cls.__init__).parameters
         overrides = {k: v for k, v in (("steps_offset", 1), ("clip_sample", False)) if k in accepted}
         self.scheduler = sched_cls.from_config(components.noise_scheduler.config, **overrides)
-        self.pipe = StableDiffusionPipeline(
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            unet=components.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            image_encoder=None,
-            requires_safety_checker=False,
-        )
+        self.pipe = as_pipeline(components, self.scheduler)
         self.pipe.set_progress_bar_config(disable=True)
         self._negative: Tensor | None = None
 

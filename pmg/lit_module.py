@@ -10,7 +10,6 @@ epoch. Generation (§3): a (w_p, w_t) grid in one batched call, CLIP-scored sele
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from common.io import write_json
-from pmg.data import PMGDataConfig, PMGSampleBuilder
+from pmg.data import PMGDataConfig, PMGSampleBuilder, digest
 from pmg.keywords import KeywordExtractor
 
 log = logging.getLogger(__name__)
@@ -166,7 +165,7 @@ class PMGLitModule(L.LightningModule):
         if hp.stable_diffusion:
             self.sd = load_sd_components(hp.stable_diffusion)
         else:
-            folder = builder.data.cache_dir / f"pmg_clip_tokenizer_{_digest(builder.vocabulary_texts())}"
+            folder = builder.data.cache_dir / f"pmg_clip_tokenizer_{digest(builder.vocabulary_texts())}"
             self.sd = tiny_sd_components(folder, texts=builder.vocabulary_texts(), image_size=hp.image_size,
                                          seed=hp.seed)
         builder.image_size = self.sd.image_size
@@ -316,7 +315,7 @@ class PMGLitModule(L.LightningModule):
         for j, s in enumerate(batch["samples"]):
             pref, target = batch["pref_keywords"][j], batch["target_keywords"][j]
             pref_kw = pref if self.hparams.use_keywords else []
-            seed = self.gen_config.seed + int(_digest([s["user"], s["target"]]), 16) % 100_000
+            seed = self.gen_config.seed + int(digest([s["user"], s["target"]]), 16) % 100_000
             images = self.generator.generate(target, pref_kw, None if soft is None else soft[j], self.gen_config.grid,
                                              seed=seed)
             best, scores = select_best(images, pref, target, self.scorer, alpha=self.gen_config.alpha)
@@ -385,6 +384,3 @@ class PMGLitModule(L.LightningModule):
             print(json.dumps(self.test_results, indent=2))
             print(f"results written to {path}")
 
-
-def _digest(parts: list[str]) -> str:
-    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:12]

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -243,7 +242,7 @@ class VIP5SampleBuilder(SampleBuilder):
         if split == "val":
             users = list(self.data.split.val)
             recipes = [("sequential", u, "val") for u in users] + [("direct", u, "val") for u in users]
-            if "explanation" in c.families and "reviews" in {r for t in self.available.values() for r in t.requires}:
+            if self.train_templates.get("explanation"):
                 recipes += [("explanation", None, ("val", i)) for i in range(len(self.data.reviews.get("val", [])))]
             return _Samples(self, recipes, c.seed, train=False)
         if split == "test":
@@ -300,9 +299,7 @@ class VIP5SampleBuilder(SampleBuilder):
     def _pick(self, family: str, rng: random.Random, spec) -> P.Template:
         if isinstance(spec, tuple) and spec[0] == "test":
             return self.available[spec[-1]]
-        if spec == "val":
-            # validation: one fixed (seeded) training template per user and family
-            return rng.choice(self.train_templates[family])
+        # training, and validation (its rng is seeded per sample, so the draw is fixed)
         return rng.choice(self.train_templates[family])
 
     def _history_target(self, family: str, user: str, spec, rng: random.Random) -> tuple[list[str], str]:
@@ -440,6 +437,3 @@ class VIP5SampleBuilder(SampleBuilder):
             "samples": samples,
         }
 
-
-def default_data_dir() -> Path:
-    return Path("data/demo/amazon")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +152,7 @@ class Evaluator:
         if self.config.direct_ranking == "beam":
             ranks = []
             for r, s in enumerate(batch["samples"]):
-                sub = {k: (v[r : r + 1] if torch.is_tensor(v) else v[r : r + 1]) for k, v in batch.items()}
+                sub = {k: v[r : r + 1] for k, v in batch.items()}
                 trie = ItemTrie({c: self.item_tokens[c] for c in s["candidates"]})
                 ranked = [c for c in self._beam_items(sub, self.config.num_beams, trie)[0] if c is not None]
                 ranks.append(ranked.index(s["target_item"]) if s["target_item"] in ranked else -1)
@@ -333,6 +332,3 @@ def format_table(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(f"{prompt:<8}" + "".join(cells))
     return "\n".join(lines)
 
-
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
