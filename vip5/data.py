@@ -97,6 +97,8 @@ class VIP5SampleBuilder(SampleBuilder):
         self.tokenizer_spec = None if tokenizer in (None, "train") else tokenizer
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.tokenizer = None
+        self.base_vocab_size: int | None = None  # tokenizer size before item-id tokens are appended
+        self.n_item_tokens = 0
         self.spiece_bytes: bytes | None = None
         self.templates = P.load_templates()
         self.epoch = 0
@@ -132,7 +134,31 @@ class VIP5SampleBuilder(SampleBuilder):
         self.item_ids = data.corpus.item_ids
         self._select_templates()
         if self.tokenizer is None:
-            self.tokenizer = self._load_or_train_tokenizer()
+            self.tokenizer = self._with_item_tokens(self._load_or_train_tokenizer())
+
+    def _with_item_tokens(self, tokenizer):
+        """Append the item-id tokens of token schemes (atomic, collaborative, semantic) to the vocabulary."""
+        self.base_vocab_size = len(tokenizer)
+        vocab = self.data.index.vocabulary
+        if vocab:
+            added = tokenizer.add_tokens(vocab)
+            if added != len(vocab):
+                raise ValueError(f"item indexing {self.data.index.name!r}: {len(vocab) - added} of its tokens are "
+                                 "already in the tokenizer's vocabulary; id tokens must be new")
+        self.n_item_tokens = len(vocab)
+        return tokenizer
+
+    def adopt_index(self, index) -> None:
+        """Use the item ids a checkpoint was trained with (they are saved in it) instead of refitting them."""
+        current = self.data.index
+        if index.to_id == current.to_id and index.tokens == current.tokens:
+            return
+        if set(index.to_id) != set(current.to_id):
+            raise RuntimeError(f"the checkpoint's item ids ({index.name}, {len(index)} items) cover another "
+                               f"catalogue than this data ({len(current)} items)")
+        log.warning("item ids (%s) differ from the ones fitted on this data: using the checkpoint's", index.name)
+        self.data.index = index
+        self.tokenizer = self._with_item_tokens(self._load_or_train_tokenizer())
 
     def _select_templates(self) -> None:
         corpus = self.data.corpus
@@ -201,13 +227,13 @@ class VIP5SampleBuilder(SampleBuilder):
         return texts
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"spiece": self.spiece_bytes, "n_images": self.n_images}
+        return {"spiece": self.spiece_bytes, "n_images": self.n_images, "index": self.data.index.to_dict()}
 
     def adopt_tokenizer(self, spiece: bytes) -> None:
         """Use a trained SentencePiece model (from a checkpoint) instead of the one built for this data."""
         if spiece != self.spiece_bytes:
             self.spiece_bytes = spiece
-            self.tokenizer = self._tokenizer_from_bytes(spiece)
+            self.tokenizer = self._with_item_tokens(self._tokenizer_from_bytes(spiece))
 
     def restore_extras(self, extras: dict[str, Any]) -> None:
         data = extras.get("spiece")
@@ -215,6 +241,12 @@ class VIP5SampleBuilder(SampleBuilder):
             raise RuntimeError(
                 "the checkpoint's tokenizer differs from the one built for this data; "
                 "evaluate with the data the checkpoint was trained on"
+            )
+        index = extras.get("index")
+        if index is not None and index["to_id"] != self.data.index.to_id:
+            raise RuntimeError(
+                f"the checkpoint's item ids ({index['name']}) differ from this data's ({self.data.index.name}); "
+                "load it through the CLI (--ckpt_path), which adopts the checkpoint's ids"
             )
 
     # -- datasets ------------------------------------------------------------------------------

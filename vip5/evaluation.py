@@ -98,7 +98,8 @@ class Evaluator:
         tok, index = self.builder.tokenizer, self.builder.data.index
         out = []
         for text in tok.batch_decode(sequences, skip_special_tokens=True):
-            out.append(index.to_item.get(text.strip()))
+            text = text.replace(" ", "") if index.tokens else text.strip()  # token ids are written without spaces
+            out.append(index.to_item.get(text))
         return out
 
     # -- per family ----------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class VIP5LitModule(L.LightningModule):
         warmup_ratio: share of training steps with linear warmup, then linear decay to 0.
         adam_eps: AdamW epsilon.
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk, §6.2.8).
+        label_smoothing: cross-entropy label smoothing (0 = none, the original).
+        item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
+            ``normal`` or ``mean`` (see ``vip5.item_embeddings``).
     """
 
     # settings of how a trained model is used, taken from the command line even with --ckpt_path
@@ -73,6 +76,8 @@ class VIP5LitModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         adam_eps: float = 1e-6,
         decay_norms: bool = False,
+        label_smoothing: float = 0.0,
+        item_token_init: Literal["normal", "mean"] = "normal",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,7 +111,9 @@ class VIP5LitModule(L.LightningModule):
         self.model = VIP5Model(
             backbone=hp.backbone,
             backbone_config=hp.backbone_config,
-            vocab_size=len(builder.tokenizer),
+            vocab_size=builder.base_vocab_size,
+            n_item_tokens=builder.n_item_tokens,
+            item_token_init=hp.item_token_init,
             feature_dim=max(builder.feature_dim, 1),
             n_image_tokens=n_image_tokens,
             adapter=self.adapter_config,
@@ -125,6 +132,10 @@ class VIP5LitModule(L.LightningModule):
             extras = torch.load(ckpt, map_location="cpu", weights_only=False).get("vip5", {})
             if extras.get("spiece"):
                 self.sample_builder.adopt_tokenizer(extras["spiece"])
+            if extras.get("index"):
+                from common.data.indexing import ItemIndex
+
+                self.sample_builder.adopt_index(ItemIndex.from_dict(extras["index"]))
 
     @property
     def backbone_from_config(self) -> bool:
@@ -178,7 +189,8 @@ class VIP5LitModule(L.LightningModule):
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(**self._model_inputs(batch), labels=batch["labels"])
         labels = batch["labels"]
-        tok = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        tok = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none",
+                              label_smoothing=self.hparams.label_smoothing)
         valid = (labels != -100).float()
         if self.hparams.loss_normalization == "token":
             return (tok * valid).sum() / valid.sum().clamp_min(1.0)

@@ -30,6 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from vip5.adapters import SELF_ATTN_SITES, AdapterConfig, TaskSpec, adapter_tasks, inject_adapters, is_adapter_parameter
+from vip5.item_embeddings import attach_item_tokens, item_token_parameters
 from vip5.tokenizer import _download_hint
 from vip5.visual import VisualEmbedding
 
@@ -75,6 +76,9 @@ class VIP5Model(nn.Module):
         embedding_init: init of those tables: ``normal`` = N(0, 1) as VIP5, ``zeros`` = start with no effect.
         image_token_id: id of the image placeholder ``<extra_id_0>`` (32099 for the P5 tokenizer; for a trained
             SentencePiece tokenizer it is ``len(tokenizer) - 1``).
+        n_item_tokens: new vocabulary tokens for item ids (atomic, collaborative, semantic schemes), appended after
+            ``vocab_size``; they always train, in every ``training_mode`` (``vip5.item_embeddings``).
+        item_token_init: ``normal`` or ``mean`` (see ``ItemTokenEmbedding``).
     """
 
     def __init__(
@@ -91,6 +95,8 @@ class VIP5Model(nn.Module):
         train_word_embeddings: bool = False,
         embedding_init: Literal["normal", "zeros"] = "normal",
         image_token_id: int = P5_IMAGE_TOKEN_ID,
+        n_item_tokens: int = 0,
+        item_token_init: Literal["normal", "mean"] = "normal",
     ):
         super().__init__()
         if training_mode not in ("adapters", "adapters_self_attn_only", "full"):
@@ -107,6 +113,7 @@ class VIP5Model(nn.Module):
         self.t5 = load_backbone(backbone, backbone_config)
         if vocab_size is not None and vocab_size != self.t5.config.vocab_size:
             self.t5.resize_token_embeddings(vocab_size)
+        self.item_tokens = attach_item_tokens(self.t5, n_item_tokens, item_token_init) if n_item_tokens else None
         d_model = self.t5.config.d_model
 
         self.whole_word_embeddings = nn.Embedding(whole_word_vocab, d_model)
@@ -142,6 +149,8 @@ class VIP5Model(nn.Module):
             self.visual.requires_grad_(True)
         self.whole_word_embeddings.requires_grad_(self.train_word_embeddings)
         self.category_embeddings.requires_grad_(self.train_word_embeddings)
+        for p in item_token_parameters(self.t5):
+            p.requires_grad_(True)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters an optimizer should see (shared tensors once)."""
@@ -152,8 +161,12 @@ class VIP5Model(nn.Module):
         for m in self.t5.modules():
             if isinstance(m, T5LayerNorm):
                 groups[id(m.weight)] = "layer_norms"
-        for emb in (self.t5.get_input_embeddings(), self.whole_word_embeddings, self.category_embeddings):
+        token_table = self.t5.get_input_embeddings()
+        token_table = token_table.base if self.item_tokens is not None else token_table
+        for emb in (token_table, self.whole_word_embeddings, self.category_embeddings):
             groups[id(emb.weight)] = "embeddings"
+        for p in item_token_parameters(self.t5):
+            groups[id(p)] = "item_tokens"
         if self.visual is not None:
             for p in self.visual.parameters():
                 groups[id(p)] = "visual"
@@ -168,10 +181,11 @@ class VIP5Model(nn.Module):
         Returns:
             ``{"trainable", "total", "pct", "by_group", "trainable_by_group"}``; the two group dicts map
             ``adapters``, ``layer_norms``, ``visual``, ``embeddings`` (token, whole-word and category tables;
-            ``lm_head`` is tied to the token table) and ``backbone`` (all other T5 weights) to all / trainable counts.
+            ``lm_head`` is tied to the token table), ``item_tokens`` (the new rows of item-id tokens, reported
+            apart from the adapters' budget) and ``backbone`` (all other T5 weights) to all / trainable counts.
         """
         group_of = self._group_of()
-        names = ("adapters", "layer_norms", "visual", "embeddings", "backbone")
+        names = ("adapters", "layer_norms", "visual", "embeddings", "item_tokens", "backbone")
         by_group, trainable_by_group = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
         for p in self.parameters():
             group = group_of.get(id(p), "backbone")

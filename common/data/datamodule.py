@@ -82,7 +82,11 @@ class RecDataModule(L.LightningDataModule):
 
     Args:
         data_dir: folder with the source files (see README "Data").
-        indexing: item identifier scheme (``original``, ``sequential`` (leak-free, default), ``random``, ...).
+        indexing: item identifier scheme: ``original``, ``appearance`` (P5's leaky numbering), ``sequential``
+            (leak-free, default), ``random``, or the token schemes ``atomic``, ``collaborative``, ``semantic``
+            (``common.data.item_ids``). Fitted ids are cached next to the features (or in ``cache/``).
+        indexing_options: keyword options of the scheme, e.g. ``{n_clusters: 8}`` (collaborative) or
+            ``{levels: 3, codebook_size: 16}`` (semantic).
         image_encoder: CLIP encoder preset for item-image features (``vitb32``, ``rn50``, ``demo-tiny`` ...)
             or None for no images. Features are extracted once in ``prepare_data`` and cached under
             ``<data_dir>/features``.
@@ -103,6 +107,7 @@ class RecDataModule(L.LightningDataModule):
         self,
         data_dir: Path,
         indexing: str = "sequential",
+        indexing_options: dict[str, Any] | None = None,
         image_encoder: str | None = "vitb32",
         missing_images: Literal["zero", "error"] = "zero",
         batch_size: int = 32,
@@ -117,6 +122,7 @@ class RecDataModule(L.LightningDataModule):
         self.generate_demo = generate_demo
         self.data_dir = Path(data_dir)
         self.indexing = indexing
+        self.indexing_options = indexing_options
         self.image_encoder = image_encoder
         self.missing_images = missing_images
         self.batch_size = batch_size
@@ -182,8 +188,13 @@ class RecDataModule(L.LightningDataModule):
         split = leave_one_out(corpus)
         negatives = candidate_negatives(corpus, split, n=self.n_negatives, seed=self.seed, cache_dir=self.cache_dir)
         reviews = review_splits(corpus, split, seed=self.seed, leak_free=self.leak_free_reviews)
-        index = build_indexing(self.indexing, corpus, split, seed=self.seed)
         features = self._load_features(corpus) if self.image_encoder is not None else None
+        index = build_indexing(
+            self.indexing, corpus, split, seed=self.seed,
+            features=None if features is None else features.align(corpus.item_ids),
+            cache_dir=self.features_dir if features is not None else self.cache_dir,
+            **(self.indexing_options or {}),
+        )
         return RecData(corpus, split, negatives, reviews, index, features, self.cache_dir, self.seed)
 
     def _encoder(self):

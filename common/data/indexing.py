@@ -11,14 +11,21 @@ schemes here:
   held-out items, so held-out items no longer get the next free number;
 - ``random``: a seeded shuffle numbered from 1001 (OpenP5), every id with the same number of digits.
 
+``common.data.item_ids`` adds schemes whose ids are new vocabulary tokens: ``atomic`` (one token per item),
+``collaborative`` (hierarchical spectral clusters of the co-occurrence graph) and ``semantic`` (residual
+k-means over image + text features).
+
 New schemes subclass :class:`ItemIndexing` and register with ``@register_indexing("name")``; prompts and
 decoding tries only ever read an :class:`ItemIndex`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,8 @@ from pathlib import Path
 from common.data.corpus import Corpus, DataError
 from common.data.splits import LeaveOneOut, leave_one_out
 from common.io import write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +68,22 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.to_id)
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The new vocabulary tokens of the ids (empty for plain-text ids), in natural order (``<c0_2>`` before
+        ``<c0_10>``): the tokenizer appends them in this order, so the same index gives the same token ids."""
+        if not self.tokens:
+            return []
+        unique = {t for toks in self.tokens.values() for t in toks}
+        return sorted(unique, key=lambda t: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", t)])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "to_id": self.to_id, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ItemIndex:
+        return cls(data["name"], data["to_id"], data.get("tokens"))
+
     def ids(self, items: Iterable[str]) -> list[str]:
         return [self.to_id[i] for i in items]
 
@@ -66,13 +91,12 @@ class ItemIndex:
         return [self.to_item[i] for i in ids]
 
     def save(self, path: str | Path) -> None:
-        write_json(path, {"name": self.name, "to_id": self.to_id, "tokens": self.tokens})
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ItemIndex:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(data["name"], data["to_id"], data.get("tokens"))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path}: not an item index file: {e}") from e
 
@@ -82,15 +106,25 @@ class ItemIndexing:
 
     Args:
         seed: for schemes with randomness (ignored by deterministic ones).
+
+    Class attributes:
+        uses_features: ``fit`` reads item image features (``features``: rows aligned to ``corpus.item_ids``).
+        cached: the fit is expensive; :func:`build_indexing` caches the result when given a ``cache_dir``.
     """
 
     name = "base"
+    uses_features = False
+    cached = False
 
     def __init__(self, seed: int = 2022) -> None:
         self.seed = seed
 
-    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         raise NotImplementedError
+
+    def options(self) -> dict:
+        """Constructor settings that change the result (part of the cache key)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 INDEXINGS: dict[str, type[ItemIndexing]] = {}
@@ -108,14 +142,54 @@ def register_indexing(name: str) -> Callable[[type[ItemIndexing]], type[ItemInde
 
 
 def build_indexing(
-    name: str, corpus: Corpus, split: LeaveOneOut | None = None, seed: int = 2022, **kwargs
+    name: str,
+    corpus: Corpus,
+    split: LeaveOneOut | None = None,
+    seed: int = 2022,
+    features=None,
+    cache_dir: str | Path | None = None,
+    **kwargs,
 ) -> ItemIndex:
-    """Fit the indexing registered as ``name``; kwargs go to its constructor (e.g. ``start``)."""
+    """Fit the indexing registered as ``name``; kwargs go to its constructor (e.g. ``start``, ``levels``).
+
+    Args:
+        features: item image features, ``[n_items, dim]`` rows aligned to ``corpus.item_ids`` (schemes with
+            ``uses_features``); None where there are none.
+        cache_dir: where expensive schemes (``cached``) keep their fitted index, keyed by a digest of every
+            input (catalogue, training sequences, features, options, seed): a changed input refits.
+    """
+    import common.data.item_ids  # noqa: F401  (registers the token schemes)
+
     try:
         cls = INDEXINGS[name]
     except KeyError:
         raise ValueError(f"unknown item indexing {name!r}; valid names: {', '.join(sorted(INDEXINGS))}") from None
-    return cls(seed=seed, **kwargs).fit(corpus, split)
+    try:
+        indexing = cls(seed=seed, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"item indexing {name!r}: bad options {kwargs}: {e}") from None
+    split = split if split is not None else leave_one_out(corpus)
+    if not (cls.cached and cache_dir is not None):
+        return indexing.fit(corpus, split, features)
+    path = Path(cache_dir) / f"item_ids_{name}_{_fit_digest(indexing, corpus, split, features)}.json"
+    if path.is_file():
+        try:
+            return ItemIndex.load(path)
+        except DataError as e:  # a damaged cache is refitted, never trusted
+            log.warning("refitting item ids: %s", e)
+    index = indexing.fit(corpus, split, features)
+    index.save(path)
+    return index
+
+
+def _fit_digest(indexing: ItemIndexing, corpus: Corpus, split: LeaveOneOut, features) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([indexing.name, indexing.options(), list(corpus.item_ids), split.train], sort_keys=True,
+                        default=str).encode())
+    h.update(json.dumps([(i.title, i.description) for i in corpus.items.values()]).encode())
+    if features is not None and indexing.uses_features:
+        h.update(features.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _with_rest(first: Iterable[str], corpus: Corpus) -> list[str]:
@@ -135,7 +209,7 @@ class _Numbered(ItemIndexing):
     def order(self, corpus: Corpus, split: LeaveOneOut) -> list[str]:
         raise NotImplementedError
 
-    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         order = self.order(corpus, split if split is not None else leave_one_out(corpus))
         return ItemIndex(self.name, {item: str(self.start + k) for k, item in enumerate(order)})
 
@@ -144,7 +218,7 @@ class _Numbered(ItemIndexing):
 class OriginalIndexing(ItemIndexing):
     """The ids written in the source files."""
 
-    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         return ItemIndex(self.name, {i: i for i in corpus.items})
 
 
@@ -179,7 +253,7 @@ class RandomIndexing(ItemIndexing):
         super().__init__(seed)
         self.start = start
 
-    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None) -> ItemIndex:
+    def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         order = list(corpus.items)
         random.Random(self.seed).shuffle(order)
         start = self.start

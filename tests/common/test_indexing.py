@@ -99,13 +99,13 @@ def test_save_load_round_trip(tmp_path):
 def test_uniqueness_and_registry():
     with pytest.raises(ValueError, match="share id '7'"):
         ItemIndex("x", {"a": "7", "b": "7"})
-    assert {"original", "appearance", "sequential", "random"} <= set(INDEXINGS)
-    with pytest.raises(ValueError, match="valid names: .*original.*random.*sequential"):
+    with pytest.raises(ValueError, match="valid names: .*atomic.*collaborative.*original.*random.*semantic.*sequential"):
         build_indexing("semantic-nope", make_corpus(P5_SEQS))
+    assert {"original", "appearance", "sequential", "random", "atomic", "collaborative", "semantic"} <= set(INDEXINGS)
 
     @register_indexing("_test_reversed")
     class Reversed(ItemIndexing):
-        def fit(self, corpus, split=None):
+        def fit(self, corpus, split=None, features=None):
             return ItemIndex(self.name, {i: f"r{i}" for i in corpus.items})
 
     try:

@@ -52,7 +52,8 @@ def test_parameter_arithmetic_t5_small_shape(n, trainable, total, pct, visual):
     assert (counts["trainable"], counts["total"]) == (trainable, total)
     assert f"{counts['pct']:.2f}" == pct
     assert counts["trainable_by_group"] == {
-        "adapters": 1_983_360, "layer_norms": 16_384, "visual": visual, "embeddings": 0, "backbone": 0
+        "adapters": 1_983_360, "layer_norms": 16_384, "visual": visual, "embeddings": 0, "item_tokens": 0,
+        "backbone": 0,
     }
     assert counts["by_group"]["embeddings"] == 32100 * 512 + 1024 * 512 + 16 * 512
     assert sum(1 for n_, _ in model.named_parameters() if n_.endswith("adapter.shared.down.weight")) == 30

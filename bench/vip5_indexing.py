@@ -1,0 +1,81 @@
+"""Item identifier schemes head to head: the same small from-scratch VIP5 on the demo shop, one run per scheme.
+
+Each scheme (``random``, ``sequential`` digit ids; ``atomic``, ``collaborative``, ``semantic`` token ids) trains
+the embedded default for the same number of epochs on the same generated data, then ``A-3`` (sequential
+recommendation over the full catalogue, trie-constrained beam search, history masked) is scored; popularity
+goes through the same metric code. Extra CLI arguments after ``--`` apply to every run, so measured options
+(``--model.label_smoothing 0.1``, ``--model.item_token_init mean``, ``--model.prompts.families [sequential]``)
+are compared by running the bench twice. The LAST line is one JSON object:
+
+    {"hr10_random": ..., "hr10_sequential": ..., "hr10_atomic": ..., "hr10_collaborative": ...,
+     "hr10_semantic": ..., "hr10_popularity": ..., "ndcg10_...": ..., "fit_seconds": {...}, "epochs": ...}
+
+    .venv/bin/python bench/vip5_indexing.py [--epochs 10] [--schemes atomic semantic] [-- --model.lr 0.003]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+SCHEMES = ("random", "sequential", "atomic", "collaborative", "semantic")
+
+
+def train_and_test(data: Path, out: Path, scheme: str, epochs: int, extra: list[str]) -> dict:
+    from vip5.cli import DEFAULT_CONFIG, main
+
+    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.enable_progress_bar",
+                "false", "--trainer.default_root_dir", str(out), "--trainer.callbacks.dirpath", str(out / "ckpt"),
+                "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
+                "--data.init_args.indexing", scheme, "--trainer.max_epochs", str(epochs),
+                "--model.prompts.test_templates", "[A-3]", *extra], run_cli=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    fit_s = time.perf_counter() - start
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)
+    counts = cli.model.model.count_parameters()
+    return {"A-3": cli.model.test_results["A-3"], "fit_seconds": round(fit_s, 1),
+            "item_token_params": counts["by_group"]["item_tokens"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    ap.add_argument("--data", type=Path, default=None, help="demo data folder (default: generated in a temp dir)")
+    ap.add_argument("extra", nargs="*", help="CLI arguments for every run (after --)")
+    args = ap.parse_args()
+
+    import torch
+
+    from common.data.demo import generate_demo
+    from vip5.baselines import run_baselines
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vip5_indexing_"))
+    data = args.data or generate_demo(tmp / "demo")["amazon"].parent
+    base = run_baselines(str(data / "amazon"), n_negatives=19)["popularity"]["sequential"]
+    print("popularity:", json.dumps(base), flush=True)
+    res: dict = {"hr10_popularity": base["hr@10"], "ndcg10_popularity": base["ndcg@10"]}
+    fit_seconds = {}
+    for scheme in args.schemes:
+        print(f"training VIP5 with {scheme} item ids for {args.epochs} epochs ...", flush=True)
+        run = train_and_test(data, tmp / scheme, scheme, args.epochs, args.extra)
+        print(f"{scheme}: {json.dumps(run)}", flush=True)
+        res[f"hr10_{scheme}"] = run["A-3"]["HR@10"]
+        res[f"ndcg10_{scheme}"] = run["A-3"]["NDCG@10"]
+        fit_seconds[scheme] = run["fit_seconds"]
+    res.update({"fit_seconds": fit_seconds, "epochs": args.epochs, "extra": args.extra})
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
