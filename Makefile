@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
+ABLATIONS_DIR ?= outputs/ablations
+ABLATE_ARGS ?=
 # Offline by default: no hub look-ups (a failing one retries for ~46 s), W&B writes local runs.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -19,6 +21,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@echo "make demo   - install and run the offline demo (data, features, vip5 fit/test, pmg fit/predict)"
 	@echo "make test   - install and run the full offline test suite"
+	@echo "make ablations-demo - reduced VIP5 + PMG ablation sweeps on the demo data; table and plots in $(ABLATIONS_DIR)"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove .venv and outputs/"
 
@@ -38,6 +41,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Reduced sweeps (configs/ablations/demo_*.yaml) as real runs: result files, W&B offline runs, report.md + PNGs.
+# Resumable: a rerun skips finished settings (ABLATE_ARGS=--force reruns them).
+ablations-demo: $(STAMP)
+	$(BIN)/ablate run configs/ablations/demo_vip5.yaml configs/ablations/demo_pmg.yaml \
+	  --output $(ABLATIONS_DIR) $(ABLATE_ARGS)
+	@echo "upload the offline W&B runs with: $(BIN)/wandb sync $(ABLATIONS_DIR)/*/*/wandb/offline-run-*"
 
 lint: $(STAMP)
 	$(BIN)/ruff check common vip5 pmg tests bench tools

@@ -191,9 +191,23 @@ class PMGLitModule(L.LightningModule):
                 "run `pmg predict` / `pmg test` directly"
             )
 
-    def on_fit_start(self) -> None:
+    def count_parameters(self) -> dict[str, Any]:
+        """Trainable and total parameters of everything a run uses: the soft preference model (frozen LLM plus
+        soft tokens, prefixes and mapper) and the frozen Stable Diffusion components (not submodules of this
+        module). ``{"trainable", "total", "pct", "by_part"}``; ``by_part`` splits the trainable count."""
         counts = self.soft.count_parameters()
-        rank_zero_info(f"PMG trainable parameters: {counts}")
+        sd = sum(p.numel() for m in (self.sd.vae, self.sd.unet, self.sd.text_encoder) for p in m.parameters())
+        total = counts["trainable"] + counts["frozen"] + sd
+        by_part = {k: v for k, v in counts.items() if k not in ("trainable", "frozen")}
+        return {"trainable": counts["trainable"], "total": total, "pct": 100.0 * counts["trainable"] / total,
+                "by_part": by_part}
+
+    def on_fit_start(self) -> None:
+        counts = self.count_parameters()
+        rank_zero_info(f"PMG trainable parameters: {counts['trainable']:,} / {counts['total']:,} "
+                       f"({counts['pct']:.3f}%, LLM + Stable Diffusion) {counts['by_part']}")
+        for logger in self.loggers:  # self.log is not allowed in on_fit_start
+            logger.log_hyperparams({"params/trainable": counts["trainable"], "params/pct": counts["pct"]})
 
     # -- frozen, cached pieces -----------------------------------------------------------------
     def _frozen_to_device(self) -> None:

@@ -148,6 +148,12 @@ class VIP5SampleBuilder(SampleBuilder):
         self.n_item_tokens = len(vocab)
         return tokenizer
 
+    def token_content(self) -> torch.Tensor:
+        """Per item-id token, the mean image + text content of its items (content-based initialisation)."""
+        from common.data.item_ids import token_content
+
+        return token_content(self.data.index, self.data.corpus, self.features)
+
     def adopt_index(self, index) -> None:
         """Use the item ids a checkpoint was trained with (they are saved in it) instead of refitting them."""
         current = self.data.index
@@ -273,7 +279,8 @@ class VIP5SampleBuilder(SampleBuilder):
             return _Samples(self, self._train_recipes(self.epoch), c.seed * 1000 + self.epoch, train=True)
         if split == "val":
             users = list(self.data.split.val)
-            recipes = [("sequential", u, "val") for u in users] + [("direct", u, "val") for u in users]
+            recipes = [(fam, u, "val") for fam in ("sequential", "direct") if self.train_templates.get(fam)
+                       for u in users]
             if self.train_templates.get("explanation"):
                 recipes += [("explanation", None, ("val", i)) for i in range(len(self.data.reviews.get("val", [])))]
             return _Samples(self, recipes, c.seed, train=False)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+InitName = Literal["normal", "mean", "content"]
+
 
 class ItemTokenEmbedding(nn.Module):
     """Token embedding: ``base`` (the backbone's table) for ids below its size, ``item`` rows above it.
@@ -25,22 +27,40 @@ class ItemTokenEmbedding(nn.Module):
         base: the backbone's token embedding (kept as is, frozen or not).
         n_item_tokens: new rows.
         init: ``normal`` draws the rows from N(0, std of the base table); ``mean`` starts every row at the
-            mean base embedding plus 1% of that noise (close to an average word, as some resize schemes do).
-        seed: seed of the initial rows.
+            mean base embedding plus 1% of that noise (close to an average word, as some resize schemes do);
+            ``content`` projects ``content`` (one row of item content per token, any width) to the model
+            width by a fixed random Gaussian matrix (distances are kept, Johnson–Lindenstrauss) and scales it
+            to the std of the base table, so tokens of similar items start close.
+        seed: seed of the initial rows and of the projection.
+        content: ``[n_item_tokens, d]`` per-token content (``common.data.item_ids.token_content``), for
+            ``init="content"``.
     """
 
-    def __init__(self, base: nn.Embedding, n_item_tokens: int, init: Literal["normal", "mean"] = "normal",
-                 seed: int = 0) -> None:
+    def __init__(self, base: nn.Embedding, n_item_tokens: int, init: InitName = "normal", seed: int = 0,
+                 content: torch.Tensor | None = None) -> None:
         super().__init__()
         if n_item_tokens < 1:
             raise ValueError(f"n_item_tokens must be >= 1, got {n_item_tokens}")
         self.base = base
         self.base_size = base.num_embeddings
         self.item = nn.Embedding(n_item_tokens, base.embedding_dim)
+        gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             w = base.weight.float()
-            noise = torch.randn(n_item_tokens, w.shape[1], generator=torch.Generator().manual_seed(seed)) * w.std()
-            rows = noise if init == "normal" else w.mean(0) + 0.01 * noise
+            noise = torch.randn(n_item_tokens, w.shape[1], generator=gen) * w.std()
+            if init == "normal":
+                rows = noise
+            elif init == "mean":
+                rows = w.mean(0) + 0.01 * noise
+            elif init == "content":
+                if content is None or content.shape[0] != n_item_tokens:
+                    raise ValueError(f"item_token_init='content' needs one content row per item token "
+                                     f"({n_item_tokens}), got {None if content is None else tuple(content.shape)}")
+                proj = torch.randn(content.shape[1], w.shape[1], generator=gen)
+                rows = content.float() @ proj
+                rows = (rows - rows.mean(0)) / rows.std().clamp_min(1e-12) * w.std()
+            else:
+                raise ValueError(f"unknown item_token_init {init!r}; valid: normal, mean, content")
             self.item.weight.copy_(rows)
 
     @property
@@ -82,10 +102,10 @@ class ItemTokenHead(nn.Module):
         return torch.cat([self.base(hidden), F.linear(hidden, weight.to(hidden.dtype))], -1)
 
 
-def attach_item_tokens(t5: nn.Module, n_item_tokens: int, init: Literal["normal", "mean"] = "normal",
-                       seed: int = 0) -> ItemTokenEmbedding:
+def attach_item_tokens(t5: nn.Module, n_item_tokens: int, init: InitName = "normal", seed: int = 0,
+                       content: torch.Tensor | None = None) -> ItemTokenEmbedding:
     """Give a stock ``T5ForConditionalGeneration`` ``n_item_tokens`` new trainable tokens after its vocabulary."""
-    embedding = ItemTokenEmbedding(t5.get_input_embeddings(), n_item_tokens, init=init, seed=seed)
+    embedding = ItemTokenEmbedding(t5.get_input_embeddings(), n_item_tokens, init=init, seed=seed, content=content)
     t5.set_input_embeddings(embedding)
     t5.lm_head = ItemTokenHead(t5.lm_head, embedding)
     t5.config.vocab_size = embedding.num_embeddings

@@ -52,7 +52,8 @@ class VIP5LitModule(L.LightningModule):
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk, §6.2.8).
         label_smoothing: cross-entropy label smoothing (0 = none, the original).
         item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
-            ``normal`` or ``mean`` (see ``vip5.item_embeddings``).
+            ``normal``, ``mean``, or ``content`` (each token starts from the image + text content of its items,
+            projected to the model width; see ``vip5.item_embeddings``).
     """
 
     # settings of how a trained model is used, taken from the command line even with --ckpt_path
@@ -77,7 +78,7 @@ class VIP5LitModule(L.LightningModule):
         adam_eps: float = 1e-6,
         decay_norms: bool = False,
         label_smoothing: float = 0.0,
-        item_token_init: Literal["normal", "mean"] = "normal",
+        item_token_init: Literal["normal", "mean", "content"] = "normal",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +115,7 @@ class VIP5LitModule(L.LightningModule):
             vocab_size=builder.base_vocab_size,
             n_item_tokens=builder.n_item_tokens,
             item_token_init=hp.item_token_init,
+            item_token_content=builder.token_content() if hp.item_token_init == "content" else None,
             feature_dim=max(builder.feature_dim, 1),
             n_image_tokens=n_image_tokens,
             adapter=self.adapter_config,

@@ -78,7 +78,8 @@ class VIP5Model(nn.Module):
             SentencePiece tokenizer it is ``len(tokenizer) - 1``).
         n_item_tokens: new vocabulary tokens for item ids (atomic, collaborative, semantic schemes), appended after
             ``vocab_size``; they always train, in every ``training_mode`` (``vip5.item_embeddings``).
-        item_token_init: ``normal`` or ``mean`` (see ``ItemTokenEmbedding``).
+        item_token_init: ``normal``, ``mean`` or ``content`` (see ``ItemTokenEmbedding``).
+        item_token_content: ``[n_item_tokens, d]`` per-token item content for ``item_token_init="content"``.
     """
 
     def __init__(
@@ -96,7 +97,8 @@ class VIP5Model(nn.Module):
         embedding_init: Literal["normal", "zeros"] = "normal",
         image_token_id: int = P5_IMAGE_TOKEN_ID,
         n_item_tokens: int = 0,
-        item_token_init: Literal["normal", "mean"] = "normal",
+        item_token_init: Literal["normal", "mean", "content"] = "normal",
+        item_token_content: torch.Tensor | None = None,
     ):
         super().__init__()
         if training_mode not in ("adapters", "adapters_self_attn_only", "full"):
@@ -113,7 +115,10 @@ class VIP5Model(nn.Module):
         self.t5 = load_backbone(backbone, backbone_config)
         if vocab_size is not None and vocab_size != self.t5.config.vocab_size:
             self.t5.resize_token_embeddings(vocab_size)
-        self.item_tokens = attach_item_tokens(self.t5, n_item_tokens, item_token_init) if n_item_tokens else None
+        self.item_tokens = (
+            attach_item_tokens(self.t5, n_item_tokens, item_token_init, content=item_token_content)
+            if n_item_tokens else None
+        )
         d_model = self.t5.config.d_model
 
         self.whole_word_embeddings = nn.Embedding(whole_word_vocab, d_model)

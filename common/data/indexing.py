@@ -75,7 +75,10 @@ class ItemIndex:
         if not self.tokens:
             return []
         unique = {t for toks in self.tokens.values() for t in toks}
-        return sorted(unique, key=lambda t: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", t)])
+        def natural(token: str) -> list[tuple[int, int, str]]:
+            return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", token)]
+
+        return sorted(unique, key=natural)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "to_id": self.to_id, "tokens": self.tokens}

@@ -39,6 +39,42 @@ def _token_index(name: str, codes: dict[str, list[str]]) -> ItemIndex:
                      {"".join(toks): list(toks) for toks in codes.values()})
 
 
+def content_vectors(corpus: Corpus, features=None, text_dim: int = 64, image_weight: float = 1.0) -> torch.Tensor:
+    """``[n_items, d]`` item content, rows in ``corpus.item_ids`` order: the L2-normalised image feature (times
+    ``image_weight``) next to the L2-normalised TF-IDF/LSA embedding of title + description.
+
+    Without image features the vectors are text only, with a warning; with neither, a ValueError.
+    """
+    parts = []
+    texts = [" ".join(filter(None, (it.title, it.description))) for it in corpus.items.values()]
+    text = tfidf_embeddings(texts, dim=text_dim)
+    if text.shape[1]:
+        parts.append(torch.nn.functional.normalize(text, dim=1))
+    if features is not None and features.shape[1]:
+        parts.append(image_weight * torch.nn.functional.normalize(features.float(), dim=1))
+    else:
+        log.warning("%s: item content vectors from text only (no image features)", corpus.name)
+    if not parts:
+        raise ValueError(f"{corpus.name}: item content vectors need item titles/descriptions or image features")
+    return torch.cat(parts, 1)
+
+
+def token_content(index: ItemIndex, corpus: Corpus, features=None) -> torch.Tensor:
+    """``[len(index.vocabulary), d]``: each id token's content, the mean content vector of the items whose id
+    contains it (an atomic token: its item; a cluster or code token: its members). For content-based
+    initialisation of the item-token embeddings."""
+    x = content_vectors(corpus, features)
+    row = {iid: r for r, iid in enumerate(corpus.item_ids)}
+    pos = {t: k for k, t in enumerate(index.vocabulary)}
+    sums = torch.zeros(len(pos), x.shape[1])
+    counts = torch.zeros(len(pos), 1)
+    for item, id_ in index.to_id.items():
+        for t in index.tokens[id_]:
+            sums[pos[t]] += x[row[item]]
+            counts[pos[t]] += 1
+    return sums / counts.clamp_min(1)
+
+
 @register_indexing("atomic")
 class AtomicIndexing(ItemIndexing):
     """One new token per item, ``<item_k>``, numbered in corpus order from 1 (the number carries no meaning:
@@ -133,27 +169,13 @@ class SemanticIndexing(ItemIndexing):
         super().__init__(seed)
         if levels < 1:
             raise ValueError(f"semantic indexing needs levels >= 1, got {levels}")
-        self.levels, self.codebook_size, self.text_dim, self.image_weight = levels, codebook_size, text_dim, image_weight
-
-    def item_vectors(self, corpus: Corpus, features) -> torch.Tensor:
-        """``[n_items, d]``: the normalised image feature (times ``image_weight``) next to the text embedding."""
-        parts = []
-        texts = [" ".join(filter(None, (it.title, it.description))) for it in corpus.items.values()]
-        text = tfidf_embeddings(texts, dim=self.text_dim)
-        if text.shape[1]:
-            parts.append(torch.nn.functional.normalize(text, dim=1))
-        if features is not None and features.shape[1]:
-            parts.append(self.image_weight * torch.nn.functional.normalize(features.float(), dim=1))
-        else:
-            log.warning("%s: semantic item ids from text only (no image features)", corpus.name)
-        if not parts:
-            raise ValueError(f"{corpus.name}: semantic item ids need item titles/descriptions or image features")
-        return torch.cat(parts, 1)
+        self.levels, self.codebook_size = levels, codebook_size
+        self.text_dim, self.image_weight = text_dim, image_weight
 
     def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         split = split if split is not None else leave_one_out(corpus)
         items = corpus.item_ids
-        x = self.item_vectors(corpus, features)
+        x = content_vectors(corpus, features, self.text_dim, self.image_weight)
         in_train = {i for seq in split.train.values() for i in seq}
         fit_rows = torch.tensor([r for r, iid in enumerate(items) if iid in in_train] or list(range(len(items))))
         k = self.codebook_size or min(256, max(4, math.ceil(2 * len(fit_rows) ** (1 / self.levels))))
@@ -168,4 +190,4 @@ class SemanticIndexing(ItemIndexing):
         return _token_index(self.name, out)
 
 
-__all__ = ["AtomicIndexing", "CollaborativeIndexing", "SemanticIndexing"]
+__all__ = ["AtomicIndexing", "CollaborativeIndexing", "SemanticIndexing", "content_vectors", "token_content"]

@@ -99,7 +99,8 @@ def test_save_load_round_trip(tmp_path):
 def test_uniqueness_and_registry():
     with pytest.raises(ValueError, match="share id '7'"):
         ItemIndex("x", {"a": "7", "b": "7"})
-    with pytest.raises(ValueError, match="valid names: .*atomic.*collaborative.*original.*random.*semantic.*sequential"):
+    valid = "valid names: .*atomic.*collaborative.*original.*random.*semantic.*sequential"
+    with pytest.raises(ValueError, match=valid):
         build_indexing("semantic-nope", make_corpus(P5_SEQS))
     assert {"original", "appearance", "sequential", "random", "atomic", "collaborative", "semantic"} <= set(INDEXINGS)
 

@@ -142,7 +142,8 @@ def test_semantic_without_images_warns_and_uses_text(caplog):
 def test_fitted_ids_are_cached_and_refitted_when_an_input_changes(tmp_path, monkeypatch):
     c = corpus_with_groups()
     feats = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
-    idx = build_indexing("semantic", c, features=feats, cache_dir=tmp_path, levels=2, codebook_size=4)
+    opts = {"cache_dir": tmp_path, "levels": 2, "codebook_size": 4}
+    idx = build_indexing("semantic", c, features=feats, **opts)
     files = list(tmp_path.glob("item_ids_semantic_*.json"))
     assert len(files) == 1 and ItemIndex.load(files[0]).to_id == idx.to_id
 
@@ -150,13 +151,13 @@ def test_fitted_ids_are_cached_and_refitted_when_an_input_changes(tmp_path, monk
         raise AssertionError("refitted although cached")
 
     monkeypatch.setattr(SemanticIndexing, "fit", boom)
-    assert build_indexing("semantic", c, features=feats, cache_dir=tmp_path, levels=2, codebook_size=4).to_id == idx.to_id
+    assert build_indexing("semantic", c, features=feats, **opts).to_id == idx.to_id
     monkeypatch.undo()
-    build_indexing("semantic", c, features=feats + 1, cache_dir=tmp_path, levels=2, codebook_size=4)
+    build_indexing("semantic", c, features=feats + 1, **opts)
     build_indexing("semantic", c, features=feats, cache_dir=tmp_path, levels=3, codebook_size=4)
     assert len(list(tmp_path.glob("item_ids_semantic_*.json"))) == 3
     files[0].write_text("{broken")  # a damaged cache is refitted, not trusted
-    assert build_indexing("semantic", c, features=feats, cache_dir=tmp_path, levels=2, codebook_size=4).to_id == idx.to_id
+    assert build_indexing("semantic", c, features=feats, **opts).to_id == idx.to_id
 
 
 def test_bad_options_name_the_scheme():
@@ -172,3 +173,19 @@ def test_index_round_trips_through_dict_and_file(tmp_path):
     assert again.to_id == idx.to_id and again.tokens == idx.tokens and again.vocabulary == idx.vocabulary
     idx.save(tmp_path / "i.json")
     assert ItemIndex.load(tmp_path / "i.json").tokens == idx.tokens
+
+
+def test_token_content_averages_the_items_behind_each_token():
+    from common.data.item_ids import content_vectors, token_content
+
+    c = corpus_with_groups()
+    feats = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    x = content_vectors(c, feats)
+    assert x.shape[0] == 20
+    atomic = build_indexing("atomic", c)
+    tc = token_content(atomic, c, feats)
+    assert torch.allclose(tc[atomic.vocabulary.index(atomic.to_id["3"])], x[3])
+    collab = build_indexing("collaborative", c, n_clusters=4)
+    top = collab.tokens[collab.to_id["0"]][0]
+    members = [r for r, i in enumerate(c.item_ids) if collab.tokens[collab.to_id[i]][0] == top]
+    assert torch.allclose(token_content(collab, c, feats)[collab.vocabulary.index(top)], x[members].mean(0), atol=1e-6)

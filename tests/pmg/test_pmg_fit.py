@@ -51,6 +51,18 @@ def test_fit_trains_only_soft_parts_and_lowers_loss(trained):
     assert frozen and all(not p.requires_grad for p in frozen)
 
 
+def test_parameter_counts_include_the_frozen_diffusion_model(trained):
+    cli, *_ = trained
+    counts = cli.model.count_parameters()
+    soft = cli.model.soft.count_parameters()
+    sd = cli.model.sd
+    sd_total = sum(p.numel() for m in (sd.vae, sd.unet, sd.text_encoder) for p in m.parameters())
+    assert counts["trainable"] == soft["trainable"] > 0
+    assert counts["total"] == soft["trainable"] + soft["frozen"] + sd_total
+    assert counts["pct"] == pytest.approx(100 * counts["trainable"] / counts["total"])
+    assert set(counts["by_part"]) == {"soft_tokens", "prefix", "mapper"}
+
+
 def test_checkpoint_holds_trainable_weights_and_resumes(trained, demo_data):
     cli, out, *_ = trained
     ckpt = out / "checkpoints" / "last.ckpt"

@@ -132,3 +132,15 @@ def test_semantic_ids_fit_predict_and_travel_with_the_checkpoint(demo_data, tmp_
         assert len({x["item"] for x in recs}) == 4
         assert all(index.to_id[x["item"]] == x["id"] and x["id"].startswith("<s0_") for x in recs)
     assert ItemIndex.from_dict(saved["vip5"]["index"]).vocabulary == index.vocabulary
+
+
+def test_content_init_starts_similar_items_close():
+    base = torch.nn.Embedding(10, 16)
+    content = torch.cat([torch.tensor([[1.0, 0, 0]]).repeat(3, 1), torch.tensor([[0, 0, 1.0]]).repeat(3, 1)])
+    content = content + 0.05 * torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    emb = ItemTokenEmbedding(base, 6, init="content", content=content)
+    rows = torch.nn.functional.normalize(emb.item.weight, dim=1)
+    sim = rows @ rows.T
+    assert sim[:3, :3].min() > sim[:3, 3:].max() and sim[3:, 3:].min() > sim[3:, :3].max()
+    with pytest.raises(ValueError, match="one content row per item token"):
+        ItemTokenEmbedding(base, 5, init="content", content=content)

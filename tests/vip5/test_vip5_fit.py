@@ -117,3 +117,16 @@ def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_pat
                 expected = -out.loss.item() * len(ids)  # token-mean CE -> summed log-likelihood
                 assert abs(float(scores[r][j]) - expected) < 1e-3, (r, j)
     assert tok.pad_token_id == 0
+
+
+def test_training_on_some_families_validates_on_those_only(demo_data, tmp_path):
+    cli = main(["--config", str(_default()), *_args(demo_data / "amazon", tmp_path, "--model.prompts.families",
+                                                    "[sequential]")], run_cli=False)
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    builder = dm.sample_builder
+    for split in ("train", "val"):
+        ds = builder.dataset(split)
+        assert {r[0] for r in ds.recipes} == {"sequential"}, split
+        assert ds[0]["source"] and ds[len(ds) - 1]["target"]
