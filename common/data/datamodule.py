@@ -10,6 +10,8 @@ How a sample becomes a tensor batch is the model's business: a :class:`SampleBui
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +47,22 @@ class RecData:
     def feature_matrix(self) -> torch.Tensor | None:
         """Item features as one items×dim tensor, rows in ``corpus.item_ids`` order (kept in memory)."""
         return None if self.features is None else self.features.align(self.corpus.item_ids)
+
+
+@contextmanager
+def preserved_rng_state() -> Iterator[None]:
+    """Restore the global ``random``, NumPy and torch (CPU and CUDA) random states on exit."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class SampleBuilder:
@@ -160,6 +178,12 @@ class RecDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
+        # One-off preparation (demo generation, feature extraction, tokenizer training) must not shift the
+        # seeded random streams: a run that prepares its data trains exactly like one that finds it prepared.
+        with preserved_rng_state():
+            self._prepare()
+
+    def _prepare(self) -> None:
         if self.generate_demo and not self.data_dir.exists():  # the generator writes all sources at once
             from common.data.demo import generate_demo
 

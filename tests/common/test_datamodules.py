@@ -88,3 +88,25 @@ def test_pmg_skips_and_counts_targets_without_image(demo_data, tmp_path, caplog)
         dm2.setup("fit")
     assert victim not in {s["target"] for s in dm2.sample_builder.samples["test"]}
     assert "target without image" in caplog.text
+
+
+def test_preparing_data_leaves_the_seeded_random_streams_alone(demo_data, tmp_path):
+    import random
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "amazon"
+    shutil.copytree(demo_data / "amazon", data, ignore=shutil.ignore_patterns("features", "cache"))
+    dm = AmazonDataModule(data, image_encoder="demo-tiny", n_negatives=19)
+    dm.connect(_vip5_builder())
+
+    def draws():
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    expected = draws()
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    dm.prepare_data()  # extracts features (a predict loop) and trains the tokenizer
+    assert (data / "features").is_dir()
+    assert draws() == expected
