@@ -115,7 +115,9 @@ class VIP5LitModule(L.LightningModule):
             vocab_size=builder.base_vocab_size,
             n_item_tokens=builder.n_item_tokens,
             item_token_init=hp.item_token_init,
-            item_token_content=builder.token_content() if hp.item_token_init == "content" else None,
+            item_token_content=(
+                builder.token_content() if hp.item_token_init == "content" and builder.n_item_tokens else None
+            ),
             feature_dim=max(builder.feature_dim, 1),
             n_image_tokens=n_image_tokens,
             adapter=self.adapter_config,

@@ -63,6 +63,8 @@ def token_content(index: ItemIndex, corpus: Corpus, features=None) -> torch.Tens
     """``[len(index.vocabulary), d]``: each id token's content, the mean content vector of the items whose id
     contains it (an atomic token: its item; a cluster or code token: its members). For content-based
     initialisation of the item-token embeddings."""
+    if not index.tokens:
+        raise ValueError(f"item indexing {index.name!r} writes ids as text: it has no id tokens to initialise")
     x = content_vectors(corpus, features)
     row = {iid: r for r, iid in enumerate(corpus.item_ids)}
     pos = {t: k for k, t in enumerate(index.vocabulary)}

@@ -189,3 +189,11 @@ def test_token_content_averages_the_items_behind_each_token():
     top = collab.tokens[collab.to_id["0"]][0]
     members = [r for r, i in enumerate(c.item_ids) if collab.tokens[collab.to_id[i]][0] == top]
     assert torch.allclose(token_content(collab, c, feats)[collab.vocabulary.index(top)], x[members].mean(0), atol=1e-6)
+
+
+def test_token_content_needs_id_tokens():
+    from common.data.item_ids import token_content
+
+    c = corpus_with_groups()
+    with pytest.raises(ValueError, match="'random' writes ids as text"):
+        token_content(build_indexing("random", c), c)

@@ -144,3 +144,13 @@ def test_content_init_starts_similar_items_close():
     assert sim[:3, :3].min() > sim[:3, 3:].max() and sim[3:, 3:].min() > sim[3:, :3].max()
     with pytest.raises(ValueError, match="one content row per item token"):
         ItemTokenEmbedding(base, 5, init="content", content=content)
+
+
+@pytest.mark.slow
+def test_content_init_is_a_no_op_for_text_ids(demo_data, tmp_path):
+    from test_vip5_fit import _fit
+
+    cli = _fit(demo_data / "amazon", tmp_path / "txt", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+               "1", "--trainer.limit_val_batches", "0", "--data.init_args.indexing", "random",
+               "--model.item_token_init", "content")
+    assert cli.model.model.item_tokens is None and cli.model.sample_builder.n_item_tokens == 0
