@@ -18,26 +18,18 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from _demo_run import fit_and_test  # noqa: E402  (bench/ helper; after the offline defaults)
+
 
 def train_and_test(data: Path, out: Path, n_image_tokens: int, epochs: int) -> dict:
-    from vip5.cli import DEFAULT_CONFIG, main
-
-    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.enable_progress_bar",
-                "false", "--trainer.default_root_dir", str(out), "--trainer.callbacks.dirpath", str(out / "ckpt"),
-                "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
-                "--trainer.max_epochs", str(epochs), "--model.n_image_tokens", str(n_image_tokens),
-                "--model.prompts.test_templates", "[A-3, B-5]"], run_cli=False)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    fit_s = time.perf_counter() - start
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)
-    return {"results": cli.model.test_results, "fit_seconds": round(fit_s, 1)}
+    module, fit_s = fit_and_test(data, out, ["--trainer.max_epochs", str(epochs), "--model.n_image_tokens",
+                                             str(n_image_tokens), "--model.prompts.test_templates", "[A-3, B-5]"])
+    return {"results": module.test_results, "fit_seconds": round(fit_s, 1)}
 
 
 def main() -> None:

@@ -20,11 +20,12 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+from _demo_run import fit_and_test  # noqa: E402  (bench/ helper; after the offline defaults)
 
 SCHEMES = ("random", "sequential", "atomic", "collaborative", "semantic")
 # The embedded default, trained on the task that is measured (sequential prompts, 5 per user per epoch).
@@ -32,19 +33,10 @@ BENCH_ARGS = ["--model.prompts.families", "[sequential]", "--model.prompts.seque
 
 
 def train_and_test(data: Path, out: Path, scheme: str, epochs: int, extra: list[str]) -> dict:
-    from vip5.cli import DEFAULT_CONFIG, main
-
-    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.enable_progress_bar",
-                "false", "--trainer.default_root_dir", str(out), "--trainer.callbacks.dirpath", str(out / "ckpt"),
-                "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
-                "--data.init_args.indexing", scheme, "--trainer.max_epochs", str(epochs),
-                "--model.prompts.test_templates", "[A-3]", *BENCH_ARGS, *extra], run_cli=False)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    fit_s = time.perf_counter() - start
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)
-    counts = cli.model.model.count_parameters()
-    return {"A-3": cli.model.test_results["A-3"], "fit_seconds": round(fit_s, 1),
+    module, fit_s = fit_and_test(data, out, ["--data.init_args.indexing", scheme, "--trainer.max_epochs", str(epochs),
+                                             "--model.prompts.test_templates", "[A-3]", *BENCH_ARGS, *extra])
+    counts = module.model.count_parameters()
+    return {"A-3": module.test_results["A-3"], "fit_seconds": round(fit_s, 1),
             "item_token_params": counts["by_group"]["item_tokens"]}
 
 

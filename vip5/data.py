@@ -65,6 +65,14 @@ class PromptConfig:
     seed: int = 2022
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "whole_word_ids", "image_feats", "tasks")
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a collated batch that ``VIP5Model`` takes (``forward``, ``encode``, ``generate``)."""
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
 class _Samples(Dataset):
     """A list of sample recipes; ``make(recipe, rng)`` renders one (lazily, seeded per index)."""
 

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
+from vip5.data import model_inputs
 from vip5.decoding import ItemTrie, TrieLogitsProcessor
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,6 @@ class Evaluator:
             self._trie = ItemTrie(self.item_tokens)
         return self._trie
 
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "whole_word_ids", "image_feats", "tasks")}
-
     def _decode_items(self, sequences: torch.Tensor) -> list[str | None]:
         tok, index = self.builder.tokenizer, self.builder.data.index
         out = []
@@ -111,7 +109,7 @@ class Evaluator:
         processors = [TrieLogitsProcessor(trie, num_beams=beams, exclude=exclude)] if trie is not None else []
         max_len = max(len(t) for t in self.item_tokens.values()) + 1
         out = self.model.generate(
-            **self._inputs(batch),
+            **model_inputs(batch),
             num_beams=beams,
             num_return_sequences=beams,
             max_length=max_len,
@@ -178,7 +176,7 @@ class Evaluator:
         """
         model, t5 = self.model, self.model.t5
         samples = batch["samples"]
-        inputs = self._inputs(batch)
+        inputs = model_inputs(batch)
         enc = model.encode(**inputs)
         device = batch["attention_mask"].device
         pad, start = self.builder.tokenizer.pad_token_id, t5.config.decoder_start_token_id
@@ -218,7 +216,7 @@ class Evaluator:
     @torch.no_grad()
     def _explain(self, batch: dict[str, Any]) -> list[str]:
         out = self.model.generate(
-            **self._inputs(batch), num_beams=1, do_sample=False, max_new_tokens=self.config.max_explanation_length
+            **model_inputs(batch), num_beams=1, do_sample=False, max_new_tokens=self.config.max_explanation_length
         )
         seqs = out.sequences if hasattr(out, "sequences") else out
         return [t.strip() for t in self.builder.tokenizer.batch_decode(seqs, skip_special_tokens=True)]

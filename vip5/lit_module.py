@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from vip5.adapters import AdapterConfig
-from vip5.data import PromptConfig, VIP5SampleBuilder
+from vip5.data import PromptConfig, VIP5SampleBuilder, model_inputs
 from vip5.evaluation import EvalConfig, Evaluator
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,8 @@ class VIP5LitModule(L.LightningModule):
         return result
 
     # -- loss ----------------------------------------------------------------------------------
-    def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "whole_word_ids", "image_feats", "tasks")}
-
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model(**self._model_inputs(batch), labels=batch["labels"])
+        out = self.model(**model_inputs(batch), labels=batch["labels"])
         labels = batch["labels"]
         tok = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none",
                               label_smoothing=self.hparams.label_smoothing)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vip5.cli import main
+from vip5.data import model_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_pat
                 ids = module.evaluator.item_tokens[s["candidates"][j]]
                 labels = torch.tensor([ids])
                 row = {k: (v[r : r + 1] if torch.is_tensor(v) else v[r : r + 1]) for k, v in batch.items()}
-                out = module.model(**module._model_inputs(row), labels=labels)
+                out = module.model(**model_inputs(row), labels=labels)
                 expected = -out.loss.item() * len(ids)  # token-mean CE -> summed log-likelihood
                 assert abs(float(scores[r][j]) - expected) < 1e-3, (r, j)
     assert tok.pad_token_id == 0
