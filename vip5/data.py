@@ -107,6 +107,7 @@ class VIP5SampleBuilder(SampleBuilder):
         self.tokenizer = None
         self.base_vocab_size: int | None = None  # tokenizer size before item-id tokens are appended
         self.n_item_tokens = 0
+        self.id_tokens: frozenset[str] = frozenset()  # item-id vocabulary tokens (one whole word per item)
         self.spiece_bytes: bytes | None = None
         self.templates = P.load_templates()
         self.epoch = 0
@@ -154,6 +155,7 @@ class VIP5SampleBuilder(SampleBuilder):
                 raise ValueError(f"item indexing {self.data.index.name!r}: {len(vocab) - added} of its tokens are "
                                  "already in the tokenizer's vocabulary; id tokens must be new")
         self.n_item_tokens = len(vocab)
+        self.id_tokens = frozenset(vocab)
         return tokenizer
 
     def token_content(self) -> torch.Tensor:
@@ -459,7 +461,7 @@ class VIP5SampleBuilder(SampleBuilder):
         wwids = torch.zeros_like(input_ids)
         for b in range(input_ids.size(0)):
             tokens = tok.convert_ids_to_tokens(input_ids[b].tolist())
-            wwids[b] = torch.tensor(whole_word_ids(tokens, IMAGE_TOKEN), dtype=torch.long)
+            wwids[b] = torch.tensor(whole_word_ids(tokens, IMAGE_TOKEN, id_tokens=self.id_tokens), dtype=torch.long)
         lab = tok([s["target"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_target_length, return_tensors="pt")["input_ids"]
         labels = lab.masked_fill(lab == tok.pad_token_id, -100).contiguous()

@@ -32,33 +32,39 @@ class ItemTokenEmbedding(nn.Module):
             width by a fixed random Gaussian matrix (distances are kept, Johnson–Lindenstrauss) and scales it
             to the std of the base table, so tokens of similar items start close.
         seed: seed of the initial rows and of the projection.
+        scale: the rows' initial std relative to the base table's (1 = the same). Larger rows stand out among
+            the prompt's word tokens, so a from-scratch model learns to read them sooner (``bench/vip5_indexing.py``
+            measures it); ``mean`` keeps its 1% noise relative to the scaled std.
         content: ``[n_item_tokens, d]`` per-token content (``common.data.item_ids.token_content``), for
             ``init="content"``.
     """
 
     def __init__(self, base: nn.Embedding, n_item_tokens: int, init: InitName = "normal", seed: int = 0,
-                 content: torch.Tensor | None = None) -> None:
+                 content: torch.Tensor | None = None, scale: float = 1.0) -> None:
         super().__init__()
         if n_item_tokens < 1:
             raise ValueError(f"n_item_tokens must be >= 1, got {n_item_tokens}")
+        if not scale > 0:
+            raise ValueError(f"item token scale must be > 0, got {scale}")
         self.base = base
         self.base_size = base.num_embeddings
         self.item = nn.Embedding(n_item_tokens, base.embedding_dim)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             w = base.weight.float()
-            noise = torch.randn(n_item_tokens, w.shape[1], generator=gen) * w.std()
+            std = w.std() * scale
+            noise = torch.randn(n_item_tokens, w.shape[1], generator=gen) * std
             if init == "normal":
                 rows = noise
             elif init == "mean":
-                rows = w.mean(0) + 0.01 * noise
+                rows = w.mean(0) * scale + 0.01 * noise
             elif init == "content":
                 if content is None or content.shape[0] != n_item_tokens:
                     raise ValueError(f"item_token_init='content' needs one content row per item token "
                                      f"({n_item_tokens}), got {None if content is None else tuple(content.shape)}")
                 proj = torch.randn(content.shape[1], w.shape[1], generator=gen)
                 rows = content.float() @ proj
-                rows = (rows - rows.mean(0)) / rows.std().clamp_min(1e-12) * w.std()
+                rows = (rows - rows.mean(0)) / rows.std().clamp_min(1e-12) * std
             else:
                 raise ValueError(f"unknown item_token_init {init!r}; valid: normal, mean, content")
             self.item.weight.copy_(rows)
@@ -103,9 +109,10 @@ class ItemTokenHead(nn.Module):
 
 
 def attach_item_tokens(t5: nn.Module, n_item_tokens: int, init: InitName = "normal", seed: int = 0,
-                       content: torch.Tensor | None = None) -> ItemTokenEmbedding:
+                       content: torch.Tensor | None = None, scale: float = 1.0) -> ItemTokenEmbedding:
     """Give a stock ``T5ForConditionalGeneration`` ``n_item_tokens`` new trainable tokens after its vocabulary."""
-    embedding = ItemTokenEmbedding(t5.get_input_embeddings(), n_item_tokens, init=init, seed=seed, content=content)
+    embedding = ItemTokenEmbedding(t5.get_input_embeddings(), n_item_tokens, init=init, seed=seed, content=content,
+                                   scale=scale)
     t5.set_input_embeddings(embedding)
     t5.lm_head = ItemTokenHead(t5.lm_head, embedding)
     t5.config.vocab_size = embedding.num_embeddings

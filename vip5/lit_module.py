@@ -54,6 +54,10 @@ class VIP5LitModule(L.LightningModule):
         item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
             ``normal``, ``mean``, or ``content`` (each token starts from the image + text content of its items,
             projected to the model width; see ``vip5.item_embeddings``).
+        item_token_scale: initial std of the item-token rows relative to the backbone's token table (1 = the
+            same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
+            items in a prompt within hundreds of steps instead of plateauing at popularity (README, "Item
+            identifiers"); the embedded default uses 3.
     """
 
     # settings of how a trained model is used, taken from the command line even with --ckpt_path
@@ -79,6 +83,7 @@ class VIP5LitModule(L.LightningModule):
         decay_norms: bool = False,
         label_smoothing: float = 0.0,
         item_token_init: Literal["normal", "mean", "content"] = "normal",
+        item_token_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +120,7 @@ class VIP5LitModule(L.LightningModule):
             vocab_size=builder.base_vocab_size,
             n_item_tokens=builder.n_item_tokens,
             item_token_init=hp.item_token_init,
+            item_token_scale=hp.get("item_token_scale", 1.0),
             item_token_content=(
                 builder.token_content() if hp.item_token_init == "content" and builder.n_item_tokens else None
             ),

@@ -80,6 +80,7 @@ class VIP5Model(nn.Module):
             ``vocab_size``; they always train, in every ``training_mode`` (``vip5.item_embeddings``).
         item_token_init: ``normal``, ``mean`` or ``content`` (see ``ItemTokenEmbedding``).
         item_token_content: ``[n_item_tokens, d]`` per-token item content for ``item_token_init="content"``.
+        item_token_scale: initial std of the item-token rows relative to the base table's.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class VIP5Model(nn.Module):
         n_item_tokens: int = 0,
         item_token_init: Literal["normal", "mean", "content"] = "normal",
         item_token_content: torch.Tensor | None = None,
+        item_token_scale: float = 1.0,
     ):
         super().__init__()
         if training_mode not in ("adapters", "adapters_self_attn_only", "full"):
@@ -116,7 +118,8 @@ class VIP5Model(nn.Module):
         if vocab_size is not None and vocab_size != self.t5.config.vocab_size:
             self.t5.resize_token_embeddings(vocab_size)
         self.item_tokens = (
-            attach_item_tokens(self.t5, n_item_tokens, item_token_init, content=item_token_content)
+            attach_item_tokens(self.t5, n_item_tokens, item_token_init, content=item_token_content,
+                               scale=item_token_scale)
             if n_item_tokens else None
         )
         d_model = self.t5.config.d_model

@@ -14,7 +14,7 @@ returns a ~104-token placeholder vocabulary. ``load_tokenizer`` checks for both 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -114,20 +114,28 @@ def load_tokenizer(name_or_dir: str | Path):
 
 
 def whole_word_ids(
-    tokens: Sequence[str], image_token: str = IMAGE_TOKEN, eos_token: str = "</s>", pad_token: str = "<pad>"
+    tokens: Sequence[str], image_token: str = IMAGE_TOKEN, eos_token: str = "</s>", pad_token: str = "<pad>",
+    id_tokens: Collection[str] = (),
 ) -> list[int]:
-    """Whole-word ids of a SentencePiece token list, exactly as VIP5 ``calculate_whole_word_ids`` (§1.2).
+    """Whole-word ids of a SentencePiece token list, as VIP5 ``calculate_whole_word_ids`` (§1.2).
 
     A counter starting at 0 goes up at every token that starts with "▁" or equals ``image_token``; each token
     takes the current counter value. ``eos_token`` and ``pad_token`` get 0.
+
+    ``id_tokens`` are the vocabulary tokens of token item ids (atomic, collaborative, semantic). Having no "▁",
+    they would join the word before them (``":"``, ``","``); instead a run of them (one item's code) is one word
+    of its own. Empty (text ids), the ids are exactly VIP5's.
     """
-    ids, counter = [], 0
+    ids, counter, prev_id_token = [], 0, False
     for tok in tokens:
         if tok == eos_token or tok == pad_token:
             ids.append(0)
+            prev_id_token = False
             continue
-        if tok.startswith(WORD_START) or tok == image_token:
+        is_id_token = tok in id_tokens
+        if tok.startswith(WORD_START) or tok == image_token or (is_id_token and not prev_id_token):
             counter += 1
+        prev_id_token = is_id_token
         ids.append(counter)
     return ids
 

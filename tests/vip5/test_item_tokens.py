@@ -45,6 +45,20 @@ def test_embedding_routes_ids_to_base_or_item_rows():
     assert torch.allclose(mean.item.weight, base.weight.mean(0).expand(3, 4), atol=0.1)
 
 
+@pytest.mark.parametrize("init", ["normal", "content"])
+def test_item_token_scale_sets_the_rows_std_relative_to_the_base_table(init):
+    torch.manual_seed(0)
+    base = torch.nn.Embedding(500, 64)
+    content = torch.randn(400, 20) if init == "content" else None
+    ref = ItemTokenEmbedding(base, 400, init=init, content=content).item.weight
+    big = ItemTokenEmbedding(base, 400, init=init, content=content, scale=3.0).item.weight
+    assert ref.std().item() == pytest.approx(base.weight.std().item(), rel=0.05)
+    assert big.std().item() == pytest.approx(3 * base.weight.std().item(), rel=0.05)
+    assert torch.allclose(big, 3 * ref, atol=1e-5)  # same draw, same directions: only the size differs
+    with pytest.raises(ValueError, match="scale"):
+        ItemTokenEmbedding(base, 4, scale=0.0)
+
+
 def test_frozen_backbone_trains_only_adapters_and_item_rows():
     model = tiny(training_mode="adapters").train()
     x, labels = inputs()

@@ -36,6 +36,15 @@ def test_whole_word_ids_hand_made(tokens, expected):
     assert whole_word_ids(tokens, IMG) == expected
 
 
+def test_whole_word_ids_token_item_ids_are_words_of_their_own():
+    ids = {"<item_4>", "<s0_1>", "<s1_3>"}
+    tokens = ["▁", ":", "<item_4>", IMG, "▁", ",", "<s0_1>", "<s1_3>", IMG, "▁to", "</s>"]
+    # without id_tokens the id joins the word before it (VIP5's rule, written for digit ids) ...
+    assert whole_word_ids(tokens, IMG) == [1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 0]
+    # ... with them an atomic id is one word, and a multi-token code (semantic/collaborative) is one word too
+    assert whole_word_ids(tokens, IMG, id_tokens=ids) == [1, 1, 2, 3, 4, 4, 5, 5, 6, 7, 0]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     words = ["red", "blue", "green", "round", "square", "striped", "shirt", "shoe", "bag", "lamp", "bought", "user"]
