@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 
-def fit_and_test(data: Path, out: Path, args: list[str]):
-    """``vip5 fit`` then ``vip5 test --ckpt_path best`` in-process, no logger or progress bar.
+def fit_and_test(data: Path, out: Path, args: list[str], ckpt: str = "best"):
+    """``vip5 fit`` then ``vip5 test --ckpt_path <ckpt>`` in-process, no logger or progress bar.
 
     Args:
         data: the demo folder (``generate_demo`` output; ``data/amazon`` is used).
         out: run folder (checkpoints under ``out/ckpt``).
         args: further CLI arguments (epochs, indexing, test templates ...).
+        ckpt: ``best`` (lowest validation loss) or ``last`` (the end of the fixed epoch budget).
 
     Returns:
         ``(module, fit_seconds)``; ``module.test_results`` holds the per-prompt metrics.
@@ -30,5 +31,5 @@ def fit_and_test(data: Path, out: Path, args: list[str]):
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_s = time.perf_counter() - start
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=ckpt, verbose=False)
     return cli.model, fit_s

@@ -94,6 +94,14 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _sync_time(cuda: bool) -> float:
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def make_batch(batch: int, src_len: int, tgt_len: int, items: int, n_tokens: int, feature_dim: int, seed: int = 0):
     """A VIP5-like batch: ``items`` items per prompt, each an id piece followed by ``n_tokens`` image slots."""
     import torch
@@ -169,11 +177,13 @@ def child(args: argparse.Namespace) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         loss = model(**data).loss
+        t1 = _sync_time(cuda)
         loss.backward()
+        t2 = _sync_time(cuda)
         opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        _reply({"time": time.perf_counter() - t0, "cpu": time.process_time() - c0, "loss": loss.item()})
+        t3 = _sync_time(cuda)
+        _reply({"time": t3 - t0, "cpu": time.process_time() - c0, "loss": loss.item(),
+                "phases": {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}})
 
     result = {
         "mode": args.mode,
@@ -276,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[m]
         r["step_time_s"] = statistics.median(s["time"] for s in steps[m])
         r["step_cpu_s"] = statistics.median(s["cpu"] for s in steps[m])
+        r["phases_s"] = {k: statistics.median(s["phases"][k] for s in steps[m]) for k in steps[m][0]["phases"]}
         extra = f", runtime-inclusive peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
         print(
             f"{m}: trainable {r['trainable']:,} / {r['total']:,} ({r['trainable_pct']:.2f}%), "
@@ -284,6 +295,13 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     a, f = results["adapters"], results["full"]
+    for m in MODES:
+        ph = results[m]["phases_s"]
+        print(f"{m} phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()), flush=True)
+    # Adapters skip the frozen weights' gradients and optimizer update, never the forward or the backward through
+    # the frozen layers (the trainable visual mapper and layer norms sit below them): that is the floor.
+    print(f"adapter backward / full backward: {a['phases_s']['backward'] / f['phases_s']['backward']:.3f}; "
+          f"forward share of the full step: {f['phases_s']['forward'] / f['step_time_s']:.3f}", flush=True)
     paired = statistics.median(x["time"] / y["time"] for x, y in zip(steps["adapters"], steps["full"]))
     print(f"median of paired step-time ratios: {paired:.3f}", flush=True)
     print(f"process cpu-time ratio: {a['step_cpu_s'] / f['step_cpu_s']:.3f}", flush=True)

@@ -339,6 +339,12 @@ class VIP5SampleBuilder(SampleBuilder):
                 out.append(cand)
         return out
 
+    def validation_candidates(self, user: str, target: str) -> list[str] | None:
+        """The user's fixed negatives (as many as a candidate list holds) followed by ``target``; None when the
+        data has no negatives for the user."""
+        negatives = [i for i in list(self.data.negatives.get(user, ()))[: self.config.n_candidates - 1] if i != target]
+        return negatives + [target] if negatives else None
+
     def make(self, recipe: tuple, rng: random.Random, train: bool) -> dict[str, Any]:
         family, user, spec = recipe
         if family == "explanation":

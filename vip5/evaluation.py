@@ -45,6 +45,9 @@ class EvalConfig:
         predict_explanations: also write an explanation (C-3 style, for the top item) in ``vip5 predict``.
         predict_users: users ``vip5 predict`` recommends for (default: every user of the test split).
         predictions_file: JSON-lines file (under the trainer's root dir) ``vip5 predict`` writes.
+        validation_ranking: log ``val/hr@10`` every validation: the likelihood rank of each validation target
+            among its candidate list or the user's fixed negatives (a checkpoint monitor that follows ranking
+            quality; the validation loss can rise while the ranking improves).
     """
 
     num_beams: int = 20
@@ -59,6 +62,7 @@ class EvalConfig:
     predict_explanations: bool = False
     predict_users: list[str] | None = None
     predictions_file: str = "predictions.jsonl"
+    validation_ranking: bool = True
 
 
 class Evaluator:
@@ -156,13 +160,40 @@ class Evaluator:
                 ranked = [c for c in self._beam_items(sub, self.config.num_beams, trie)[0] if c is not None]
                 ranks.append(ranked.index(s["target_item"]) if s["target_item"] in ranked else -1)
             return ranks
-        scores = self.candidate_scores(batch)
+        return self._likelihood_ranks(batch)
+
+    def _likelihood_ranks(self, batch: dict[str, Any]) -> list[int]:
         ranks = []
-        for s, sc in zip(batch["samples"], scores):
+        for s, sc in zip(batch["samples"], self.candidate_scores(batch)):
             target = s["candidates"].index(s["target_item"])
             # rank = number of candidates scored strictly higher (ties broken against the target)
             ranks.append(int((sc > sc[target]).sum() + (sc[:target] == sc[target]).sum()))
         return ranks
+
+    @torch.no_grad()
+    def validation_ranks(self, batch: dict[str, Any]) -> list[int]:
+        """Likelihood rank of the target item of every validation sample that names one (sequential and direct
+        prompts; not yes/no or explanation prompts) among candidates: the prompt's own list, or else the user's
+        fixed negatives with the target last (ties count against it). Cheap enough to run every epoch, and it
+        follows ranking quality where the validation loss may not (checkpoint selection on ``val/hr@10``)."""
+        rows, samples = [], []
+        for r, s in enumerate(batch["samples"]):
+            if s["task"] == "explanation" or self.builder.available[s["template"]].target_kind == "yes_no":
+                continue
+            candidates = s["candidates"] or self.builder.validation_candidates(s["user"], s["target_item"])
+            if not candidates:
+                continue
+            rows.append(r)
+            samples.append({**s, "candidates": candidates})
+        if not rows:
+            return []
+        sub: dict[str, Any] = {"samples": samples}
+        for key, value in batch.items():
+            if torch.is_tensor(value):
+                sub[key] = value.index_select(0, torch.tensor(rows, device=value.device))
+            elif key != "samples":
+                sub[key] = [value[r] for r in rows]
+        return self._likelihood_ranks(sub)
 
     @torch.no_grad()
     def candidate_scores(self, batch: dict[str, Any], max_rows: int = 2048) -> list[torch.Tensor]:

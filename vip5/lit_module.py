@@ -57,7 +57,7 @@ class VIP5LitModule(L.LightningModule):
         item_token_scale: initial std of the item-token rows relative to the backbone's token table (1 = the
             same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
             items in a prompt within hundreds of steps instead of plateauing at popularity (README, "Item
-            identifiers"); the embedded default uses 3.
+            identifiers"; ``bench/vip5_indexing.py`` uses 3).
     """
 
     # settings of how a trained model is used, taken from the command line even with --ckpt_path
@@ -160,6 +160,13 @@ class VIP5LitModule(L.LightningModule):
         )
         for logger in self.loggers:  # self.log is not allowed in on_fit_start
             logger.log_hyperparams({"params/trainable": counts["trainable"], "params/pct": counts["pct"]})
+        ranked = self.eval_config.validation_ranking and {"sequential", "direct"} & set(self.prompt_config.families)
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "monitor", None) == "val/hr@10" and not ranked:
+                raise ValueError(
+                    "a ModelCheckpoint monitors val/hr@10, which is only logged when model.evaluation."
+                    "validation_ranking is on and model.prompts.families has sequential or direct prompts; monitor "
+                    "the loss instead: --trainer.callbacks.monitor val/loss --trainer.callbacks.mode min")
 
     # -- checkpoints: only what the named backbone does not provide ------------------------------
     def _saved_keys(self) -> set[str] | None:
@@ -213,6 +220,11 @@ class VIP5LitModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].size(0))
+        if self.eval_config.validation_ranking:
+            ranks = self.evaluator.validation_ranks(batch)
+            if ranks:
+                hits = torch.tensor([float(r < 10) for r in ranks], device=loss.device).mean()
+                self.log("val/hr@10", hits, prog_bar=True, sync_dist=True, batch_size=len(ranks))
 
     # -- evaluation ----------------------------------------------------------------------------
     @property

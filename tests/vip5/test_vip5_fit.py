@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,40 @@ def test_training_on_some_families_validates_on_those_only(demo_data, tmp_path):
         ds = builder.dataset(split)
         assert {r[0] for r in ds.recipes} == {"sequential"}, split
         assert ds[0]["source"] and ds[len(ds) - 1]["target"]
+
+
+def test_validation_ranks_targets_among_candidates_and_selects_checkpoints(demo_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default config's own checkpoint folder is relative
+    cli = main(["--config", str(_default()), *_args(demo_data / "amazon", tmp_path, "--trainer.max_epochs", "1",
+                                                    "--trainer.limit_train_batches", "2",
+                                                    "--trainer.limit_val_batches", "2")], run_cli=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    module, builder = cli.model, cli.datamodule.sample_builder
+    hr = cli.trainer.callback_metrics["val/hr@10"].item()
+    assert 0.0 <= hr <= 1.0
+    [by_hr] = [cb for cb in cli.trainer.checkpoint_callbacks if cb.monitor == "val/hr@10"]
+    best = Path(by_hr.best_model_path)
+    assert best.is_file() and best.name == f"epoch00-hr10_{hr:.4f}.ckpt"
+    # the ranks are exact likelihood ranks: recompute one sample's by scoring its candidates one at a time
+    batch = builder.collate([builder.dataset("val")[i] for i in range(8)])
+    module.eval()
+    ranks = module.evaluator.validation_ranks(batch)
+    ranked = [s for s in batch["samples"] if s["task"] != "explanation"
+              and builder.available[s["template"]].target_kind != "yes_no"]
+    assert len(ranks) == len(ranked) > 0
+    s = ranked[0]
+    cands = s["candidates"] or builder.validation_candidates(s["user"], s["target_item"])
+    row = batch["samples"].index(s)
+    one = {k: (v[row : row + 1] if torch.is_tensor(v) else [v[row]]) for k, v in batch.items() if k != "samples"}
+    scores = module.evaluator.candidate_scores({**one, "samples": [{**s, "candidates": cands}]})[0]
+    target = cands.index(s["target_item"])
+    assert ranks[0] == int((scores > scores[target]).sum() + (scores[:target] == scores[target]).sum())
+
+
+def test_monitoring_val_hr_without_ranked_prompts_is_a_clear_error(demo_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--config", str(_default()), *_args(demo_data / "amazon", tmp_path, "--trainer.max_epochs", "1",
+                                                    "--trainer.limit_train_batches", "1", "--model.prompts.families",
+                                                    "[explanation]")], run_cli=False)
+    with pytest.raises(ValueError, match="monitor the loss instead"):
+        cli.trainer.fit(cli.model, cli.datamodule)
