@@ -49,6 +49,7 @@ def main() -> None:
     from common.data.demo import generate_demo
     from vip5.cli import DEFAULT_CONFIG
     from vip5.cli import main as vip5_main
+    from vip5.data import model_inputs
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="vip5_eval_speed_"))
@@ -110,8 +111,6 @@ def main() -> None:
     results["direct_likelihood_over_beam_speedup"] = round(speed["likelihood"] / speed["beam"], 2)
     # Both ways encode the same prompt (100 candidates with their image tokens) once per user; that shared cost
     # bounds the speedup: beam time / encoder time is what a free likelihood decoder would reach.
-    from vip5.data import model_inputs
-
     with torch.no_grad():
         rate, _ = timed(lambda batch: ev.model.encode(**model_inputs(batch)), "B-5")  # batching included
     results["direct_encoder_share_of_likelihood"] = round(speed["likelihood"] / rate, 3)

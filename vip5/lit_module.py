@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.metrics.ranking import hit_at_k
 from vip5.adapters import AdapterConfig
 from vip5.data import PromptConfig, VIP5SampleBuilder, model_inputs
 from vip5.evaluation import EvalConfig, Evaluator
@@ -120,7 +121,7 @@ class VIP5LitModule(L.LightningModule):
             vocab_size=builder.base_vocab_size,
             n_item_tokens=builder.n_item_tokens,
             item_token_init=hp.item_token_init,
-            item_token_scale=hp.get("item_token_scale", 1.0),
+            item_token_scale=hp.item_token_scale,
             item_token_content=(
                 builder.token_content() if hp.item_token_init == "content" and builder.n_item_tokens else None
             ),
@@ -223,7 +224,7 @@ class VIP5LitModule(L.LightningModule):
         if self.eval_config.validation_ranking:
             ranks = self.evaluator.validation_ranks(batch)
             if ranks:
-                hits = torch.tensor([float(r < 10) for r in ranks], device=loss.device).mean()
+                hits = hit_at_k(torch.tensor(ranks, device=loss.device), 10).mean()
                 self.log("val/hr@10", hits, prog_bar=True, sync_dist=True, batch_size=len(ranks))
 
     # -- evaluation ----------------------------------------------------------------------------
