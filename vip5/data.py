@@ -42,6 +42,8 @@ class PromptConfig:
             whole prompt at 1024 tokens, cutting the newest items, §6.2.10).
         train_targets: ``last3`` (the original: one of the last three training positions, §2.3) or ``all``
             (every training position can be a target).
+        history_order: ``oldest_first`` (the original) or ``newest_first``: the most recent item first, so it
+            always sits at the same word position after the prompt's fixed text (README, "Item identifiers").
         max_source_length: source token limit (prompts are left-trimmed through max_history first).
         max_target_length: target token limit in training.
         random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful
@@ -58,6 +60,7 @@ class PromptConfig:
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     max_history: int = 20
     train_targets: Literal["last3", "all"] = "last3"
+    history_order: Literal["oldest_first", "newest_first"] = "oldest_first"
     max_source_length: int = 512
     max_target_length: int = 64
     random_separator: bool = False
@@ -380,10 +383,11 @@ class VIP5SampleBuilder(SampleBuilder):
         tpl = self._pick(family, rng, spec)
         history, target = self._history_target(family, user, spec, rng)
         history = history[-self.config.max_history :] if self.config.max_history else history
+        shown = history[::-1] if self.config.history_order == "newest_first" else history
         fields: dict[str, Any] = {"user_id": user, "user_desc": self._user_desc(user), "history": [
-            self._id(i) for i in history
+            self._id(i) for i in shown
         ]}
-        image_items: dict[str, list[str]] = {"history": history}
+        image_items: dict[str, list[str]] = {"history": shown}
         answer_item = target
         label = None
         if tpl.target_kind == "yes_no":

@@ -110,3 +110,30 @@ def test_preparing_data_leaves_the_seeded_random_streams_alone(demo_data, tmp_pa
     dm.prepare_data()  # extracts features (a predict loop) and trains the tokenizer
     assert (data / "features").is_dir()
     assert draws() == expected
+
+
+def test_vip5_newest_first_history_reverses_ids_and_their_images_together(demo_data):
+    prompts = {}
+    for order in ("oldest_first", "newest_first"):
+        cfg = PromptConfig(n_candidates=20, max_history=5, history_order=order)
+        dm = AmazonDataModule(demo_data / "amazon", image_encoder="demo-tiny", n_negatives=19, batch_size=4)
+        dm.connect(VIP5SampleBuilder(cfg, n_image_tokens=2, tokenizer=None, tokenizer_vocab_size=300))
+        dm.prepare_data()
+        dm.setup("test")
+        builder = dm.sample_builder
+        ds = builder.dataset("test", "A-3")
+        prompts[order] = [ds[i] for i in range(4)], builder
+    def listed(source: str) -> list[str]:  # the id before each item's image tokens, in prompt order
+        return [part.split()[0] for part in source.split("\n")[1].split(",")]
+
+    builder = prompts["newest_first"][1]
+    for old, new in zip(prompts["oldest_first"][0], prompts["newest_first"][0]):
+        history, _ = builder.data.split.test[old["user"]]
+        kept = history[-5:]
+        assert old["history"] == new["history"] == kept  # the items themselves (and what is excluded) agree
+        ids = [builder._id(i) for i in kept]
+        assert listed(old["source"]) == ids and listed(new["source"]) == ids[::-1]
+        assert old["images"] == kept and new["images"] == kept[::-1]  # image tokens follow their ids
+    batch = builder.collate([new for new in prompts["newest_first"][0]])
+    first = batch["samples"][0]["history"][-1]
+    assert torch.equal(batch["image_feats"][0, 0], builder.features[builder.row[first]])
