@@ -17,7 +17,8 @@ def fit_and_test(data: Path, out: Path, args: list[str], ckpt: str = "best"):
         data: the demo folder (``generate_demo`` output; ``data/amazon`` is used).
         out: run folder (checkpoints under ``out/ckpt``).
         args: further CLI arguments (epochs, indexing, test templates ...).
-        ckpt: ``best`` (lowest validation loss) or ``last`` (the end of the fixed epoch budget).
+        ckpt: ``best`` (the default config's checkpoint monitor: highest ``val/hr@10``) or ``last`` (the end of
+            the fixed epoch budget).
 
     Returns:
         ``(module, fit_seconds)``; ``module.test_results`` holds the per-prompt metrics.

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.data.datamodule import RecData, SampleBuilder, Split
 from vip5 import prompts as P
-from vip5.tokenizer import IMAGE_TOKEN, load_tokenizer, train_sentencepiece, whole_word_ids
+from vip5.tokenizer import IMAGE_TOKEN, batch_whole_word_ids, load_tokenizer, train_sentencepiece
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +468,7 @@ class VIP5SampleBuilder(SampleBuilder):
                 self._warned_truncation = True
                 log.warning("prompts of %d tokens are cut at max_source_length=%d (e.g. %s): raise it or lower "
                             "max_history / n_candidates", full, c.max_source_length, samples[0]["template"])
-        wwids = torch.zeros_like(input_ids)
-        for b in range(input_ids.size(0)):
-            tokens = tok.convert_ids_to_tokens(input_ids[b].tolist())
-            wwids[b] = torch.tensor(whole_word_ids(tokens, IMAGE_TOKEN, id_tokens=self.id_tokens), dtype=torch.long)
+        wwids = batch_whole_word_ids(tok, input_ids, IMAGE_TOKEN, id_tokens=self.id_tokens)
         lab = tok([s["target"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_target_length, return_tensors="pt")["input_ids"]
         labels = lab.masked_fill(lab == tok.pad_token_id, -100).contiguous()

@@ -140,10 +140,12 @@ def whole_word_ids(
     return ids
 
 
-def batch_whole_word_ids(tokenizer, input_ids: torch.Tensor, image_token: str = IMAGE_TOKEN) -> torch.Tensor:
+def batch_whole_word_ids(tokenizer, input_ids: torch.Tensor, image_token: str = IMAGE_TOKEN,
+                         id_tokens: Collection[str] = ()) -> torch.Tensor:
     """``whole_word_ids`` for every row of a padded ``[B, L]`` id tensor; returns a ``[B, L]`` long tensor."""
     rows = [
-        whole_word_ids(tokenizer.convert_ids_to_tokens(row), image_token, tokenizer.eos_token, tokenizer.pad_token)
+        whole_word_ids(tokenizer.convert_ids_to_tokens(row), image_token, tokenizer.eos_token, tokenizer.pad_token,
+                       id_tokens=id_tokens)
         for row in input_ids.tolist()
     ]
     return torch.tensor(rows, dtype=torch.long, device=input_ids.device).reshape(input_ids.shape)
