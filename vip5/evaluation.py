@@ -23,7 +23,7 @@ from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
 from vip5.data import model_inputs
-from vip5.decoding import ItemTrie, TrieLogitsProcessor
+from vip5.decoding import ItemTrie, TrieLogitsProcessor, score_candidates, t5_self_attention
 
 log = logging.getLogger(__name__)
 
@@ -196,53 +196,29 @@ class Evaluator:
         return self._likelihood_ranks(sub)
 
     @torch.no_grad()
-    def candidate_scores(self, batch: dict[str, Any], max_rows: int = 2048) -> list[torch.Tensor]:
+    def candidate_scores(self, batch: dict[str, Any], max_positions: int = 2048) -> list[torch.Tensor]:
         """Teacher-forced log-likelihood of every candidate id, exact and batched.
 
-        The prompt is encoded once per row. All of a row's candidates are then packed into ONE decoder sequence
-        of blocks ``[start, t0, ..., t_{L-2}]`` under a block-diagonal causal mask, so the decoder cross-attends
-        to the (long) prompt once per row rather than once per candidate, and nothing is copied per candidate.
-        This is exact for T5: each block only sees itself, and relative position biases only see distances
-        inside a block. ``max_rows`` bounds the candidate sequences per decoder pass (memory).
+        The prompt is encoded once per row; the row's candidates are then merged into one prefix tree decoded as
+        one sequence (:func:`vip5.decoding.score_candidates`), so the decoder cross-attends to the (long) prompt
+        once per row and a prefix shared by several ids is decoded once. ``max_positions`` bounds the decoder
+        positions (rows x tree nodes) per pass (memory).
         """
         model, t5 = self.model, self.model.t5
         samples = batch["samples"]
         inputs = model_inputs(batch)
-        enc = model.encode(**inputs)
-        device = batch["attention_mask"].device
-        pad, start = self.builder.tokenizer.pad_token_id, t5.config.decoder_start_token_id
-        n = max(len(s["candidates"]) for s in samples)
-        block = max(len(self.item_tokens[c]) for s in samples for c in s["candidates"])
-        labels = torch.full((len(samples), n, block), -100, dtype=torch.long)
-        for r, s in enumerate(samples):
-            for j, c in enumerate(s["candidates"]):
-                ids = self.item_tokens[c]
-                labels[r, j, : len(ids)] = torch.tensor(ids)
-        dec_in = torch.cat([torch.full((len(samples), n, 1), start), labels[:, :, :-1].clamp_min(0)], dim=2)
-        dec_in = dec_in.masked_fill(dec_in < 0, pad)
-        pos = torch.arange(n * block)
-        allowed = (pos[:, None] // block == pos[None, :] // block) & (pos[None, :] <= pos[:, None])
-        dtype = enc.last_hidden_state.dtype
-        mask4d = torch.zeros(1, 1, n * block, n * block, dtype=dtype, device=device)
-        mask4d.masked_fill_(~allowed.to(device), torch.finfo(dtype).min)
-        per_pass = max(1, max_rows // n)
-        scores = []
-        for b0 in range(0, len(samples), per_pass):
-            rows = slice(b0, b0 + per_pass)
-            lab = labels[rows].to(device)
-            k = lab.size(0)
+        enc = model.encode(**inputs).last_hidden_state
+
+        def decode(rows: slice, decoder_input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             with model.adapter_tasks(inputs["tasks"][rows]):
-                logits = t5(encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state[rows]),
-                            attention_mask=batch["attention_mask"][rows], decoder_input_ids=dec_in[rows].reshape(
-                                k, n * block).to(device),
-                            decoder_attention_mask=mask4d.expand(k, -1, -1, -1), use_cache=False,
-                            return_dict=True).logits
-            logp = torch.log_softmax(logits.float(), -1).view(k, n, block, -1)
-            valid = lab != -100
-            tok_lp = logp.gather(-1, lab.clamp_min(0).unsqueeze(-1)).squeeze(-1) * valid
-            scores.append(tok_lp.sum(-1).cpu())
-        scores_t = torch.cat(scores)
-        return [scores_t[r, : len(s["candidates"])] for r, s in enumerate(samples)]
+                return t5(encoder_outputs=BaseModelOutput(last_hidden_state=enc[rows]),
+                          attention_mask=batch["attention_mask"][rows], decoder_input_ids=decoder_input_ids,
+                          decoder_attention_mask=mask, use_cache=False, return_dict=True).logits
+
+        return score_candidates(
+            decode, t5_self_attention(t5), [[self.item_tokens[c] for c in s["candidates"]] for s in samples],
+            start_token_id=t5.config.decoder_start_token_id, pad_token_id=self.builder.tokenizer.pad_token_id,
+            max_positions=max_positions, dtype=enc.dtype, device=enc.device)
 
     @torch.no_grad()
     def _explain(self, batch: dict[str, Any]) -> list[str]:

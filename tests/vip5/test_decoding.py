@@ -13,9 +13,12 @@ from vip5.decoding import (
     ItemTrie,
     TrieLogitsProcessor,
     beam_search_items,
+    candidate_forest,
     invalid_rate,
-    rank_candidates_by_likelihood,
-    t5_score_fn,
+    rank_candidates,
+    score_candidates,
+    t5_decode_fn,
+    t5_self_attention,
 )
 
 EOS = 1
@@ -159,17 +162,32 @@ def test_duplicates_keep_their_best_rank(catalogue):
     assert res[0].scores == pytest.approx([-0.1, -0.4])
 
 
+def test_candidate_forest_shares_prefixes():
+    # "5 9", "5 9 4" and "6" under one root: 5, 9, 4 and 6 are decoded once each
+    f = candidate_forest([[[5, 9], [5, 9, 4], [6]], [[7]]], start_token_id=0, eos_token_id=EOS)
+    assert f.n_nodes == [5, 2] and f.input_ids[0].tolist() == [0, 5, 9, 4, 6] and f.input_ids[1].tolist()[:2] == [0, 7]
+    assert f.depth[0].tolist() == [0, 1, 2, 3, 1]
+    assert f.allowed[0, 3].tolist() == [True, True, True, True, False]  # "4" sees start, 5, 9 and itself
+    assert f.allowed[0, 4].tolist() == [True, False, False, False, True]  # "6" sees start and itself
+    assert f.allowed[1, 4].tolist() == [False, False, False, False, True]  # padding sees itself only
+    assert f.n_tokens.tolist() == [3, 4, 2, 2]
+    # candidate 1 ("5 9 4 </s>") is scored at nodes start, 5, 9, 4
+    assert sorted((n, t) for n, t, c in zip(f.pair_node.tolist(), f.pair_token.tolist(), f.pair_candidate.tolist())
+                  if c == 1) == [(0, 5), (1, 9), (2, 4), (3, EOS)]
+
+
 def test_likelihood_ranking_equals_brute_force(model, catalogue):
     inputs = _inputs(batch=3)
+    inputs["attention_mask"][1, -2:] = 0  # a padded prompt
     rng = random.Random(5)
-    names = [rng.sample(list(catalogue), n) for n in (5, 2, 6)]
+    names = [rng.sample(list(catalogue), n) for n in (25, 2, 6)]  # row 0: a tree wider than T5's exact distances
     cands = [[catalogue[i] for i in row] for row in names]
     with torch.no_grad():
         enc = model.get_encoder()(**inputs).last_hidden_state
-        got = rank_candidates_by_likelihood(t5_score_fn(model), enc, inputs["attention_mask"], cands,
-                                            eos_token_id=EOS, max_pairs=4)  # chunks span rows
-        mean = rank_candidates_by_likelihood(t5_score_fn(model), enc, inputs["attention_mask"], cands,
-                                             eos_token_id=EOS, length_normalize=True)
+        decode = t5_decode_fn(model, enc, inputs["attention_mask"])
+        kw = dict(start_token_id=0, eos_token_id=EOS)
+        got = rank_candidates(score_candidates(decode, t5_self_attention(model), cands, max_positions=40, **kw))
+        mean = score_candidates(decode, t5_self_attention(model), cands, length_normalize=True, **kw)
         for r, row in enumerate(cands):
             brute = []
             for c in row:  # one teacher-forced forward per candidate, from the raw inputs
@@ -180,7 +198,7 @@ def test_likelihood_ranking_equals_brute_force(model, catalogue):
             brute = torch.stack(brute)
             lengths = torch.tensor([len(c) + 1 for c in row], dtype=torch.float)
             assert torch.allclose(got.scores[r], brute, atol=1e-5)
-            assert torch.allclose(mean.scores[r], brute / lengths, atol=1e-5)
+            assert torch.allclose(mean[r], brute / lengths, atol=1e-5)
             assert got.rankings[r] == sorted(range(len(row)), key=lambda j: -brute[j].item())
     ranked = got.ranked(names)
     assert [sorted(x) for x in ranked] == [sorted(x) for x in names] and ranked[0][0] == names[0][got.rankings[0][0]]

@@ -107,7 +107,7 @@ def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_pat
     module = cli.model.eval()
     builder = module.sample_builder
     batch = next(iter(builder.dataloaders("test", 3, 0)[builder.test_templates.index("B-5")]))
-    scores = module.evaluator.candidate_scores(batch, max_rows=7)  # chunks cut across rows
+    scores = module.evaluator.candidate_scores(batch, max_positions=7)  # one row per decoder pass
     tok = builder.tokenizer
     with torch.no_grad():
         for r, s in enumerate(batch["samples"]):
