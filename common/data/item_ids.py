@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import torch
 
@@ -31,6 +32,27 @@ from common.data.indexing import ItemIndex, ItemIndexing, register_indexing
 from common.data.splits import LeaveOneOut, leave_one_out
 
 log = logging.getLogger(__name__)
+
+
+LeafName = Literal["shared", "item"]
+
+
+def _check_leaf(leaf: str) -> LeafName:
+    if leaf not in ("shared", "item"):
+        raise ValueError(f"leaf must be 'shared' or 'item', got {leaf!r}")
+    return leaf  # type: ignore[return-value]
+
+
+def _leaf_tokens(codes: dict[str, list[str]], items: list[str], leaf: LeafName) -> dict[str, list[str]]:
+    """``leaf="item"``: replace the last (item-numbering) token of every code by the item's own ``<item_k>``
+    (k: corpus order from 1, as atomic ids). The prefix still groups similar items, coarse to fine, while the
+    token that names an item in a prompt, and that the last decoding step picks, belongs to that item alone:
+    a small model learns item-to-item transitions on it as it does on atomic ids (README, "Item identifiers").
+    """
+    if leaf == "shared":
+        return codes
+    own = {item: f"<item_{k}>" for k, item in enumerate(items, 1)}
+    return {item: [*toks[:-1], own[item]] for item, toks in codes.items()}
 
 
 def _token_index(name: str, codes: dict[str, list[str]]) -> ItemIndex:
@@ -93,6 +115,9 @@ class CollaborativeIndexing(ItemIndexing):
     Args:
         n_clusters: clusters per split (OpenP5's N); a cluster of at most ``n_clusters`` items is a leaf and
             numbers its items.
+        leaf: ``shared`` (OpenP5): the last token numbers the item inside its leaf cluster, so ``<c2_0>`` is
+            shared by the first item of every leaf; ``item``: the last token is the item's own ``<item_k>``
+            (see :func:`_leaf_tokens`).
         seed: k-means seed.
 
     Items that co-occur with nothing in training (cold items) form their own top-level cluster.
@@ -100,11 +125,11 @@ class CollaborativeIndexing(ItemIndexing):
 
     cached = True
 
-    def __init__(self, seed: int = 2022, n_clusters: int = 8) -> None:
+    def __init__(self, seed: int = 2022, n_clusters: int = 8, leaf: LeafName = "shared") -> None:
         super().__init__(seed)
         if n_clusters < 2:
             raise ValueError(f"collaborative indexing needs n_clusters >= 2, got {n_clusters}")
-        self.n_clusters = n_clusters
+        self.n_clusters, self.leaf = n_clusters, _check_leaf(leaf)
 
     def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         split = split if split is not None else leave_one_out(corpus)
@@ -129,7 +154,7 @@ class CollaborativeIndexing(ItemIndexing):
             top = 1 + max((p[0] for p in paths.values()), default=-1)
             self._split(None, cold, [top], paths)
         codes = {items[i]: [f"<c{level}_{c}>" for level, c in enumerate(paths[i])] for i in range(n)}
-        return _token_index(self.name, codes)
+        return _token_index(self.name, _leaf_tokens(codes, items, self.leaf))
 
     def _split(self, adjacency: torch.Tensor | None, nodes: torch.Tensor, prefix: list[int],
                paths: dict[int, list[int]]) -> None:
@@ -158,6 +183,8 @@ class SemanticIndexing(ItemIndexing):
             [4, 256] (TIGER: 256 for ~10k items).
         text_dim: width of the LSA text embedding.
         image_weight: weight of the (L2-normalised) image part against the text part.
+        leaf: ``shared`` (TIGER): the collision level numbers items with the same code, so ``<s3_0>`` ends most
+            ids; ``item``: the last token is the item's own ``<item_k>`` (see :func:`_leaf_tokens`).
         seed: k-means seed.
 
     Without image features (no images, or no image encoder configured) the codes use text only, with a warning.
@@ -167,12 +194,12 @@ class SemanticIndexing(ItemIndexing):
     cached = True
 
     def __init__(self, seed: int = 2022, levels: int = 3, codebook_size: int | None = None, text_dim: int = 64,
-                 image_weight: float = 1.0) -> None:
+                 image_weight: float = 1.0, leaf: LeafName = "shared") -> None:
         super().__init__(seed)
         if levels < 1:
             raise ValueError(f"semantic indexing needs levels >= 1, got {levels}")
         self.levels, self.codebook_size = levels, codebook_size
-        self.text_dim, self.image_weight = text_dim, image_weight
+        self.text_dim, self.image_weight, self.leaf = text_dim, image_weight, _check_leaf(leaf)
 
     def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
         split = split if split is not None else leave_one_out(corpus)
@@ -189,7 +216,7 @@ class SemanticIndexing(ItemIndexing):
             j = seen.get(tuple(code), 0)
             seen[tuple(code)] = j + 1
             out[iid] = [f"<s{level}_{c}>" for level, c in enumerate([*code, j])]
-        return _token_index(self.name, out)
+        return _token_index(self.name, _leaf_tokens(out, items, self.leaf))
 
 
 __all__ = ["AtomicIndexing", "CollaborativeIndexing", "SemanticIndexing", "content_vectors", "token_content"]

@@ -130,6 +130,22 @@ def test_semantic_ids_unique_fixed_length_and_deterministic():
     assert ta[:2] == tb[:2] and {ta[2], tb[2]} == {"<s2_0>", "<s2_1>"}
 
 
+@pytest.mark.parametrize("scheme", ["collaborative", "semantic"])
+def test_item_leaf_keeps_the_prefix_and_ends_each_id_with_the_items_own_token(scheme):
+    c = corpus_with_groups()
+    feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
+                                                                                   generator=torch.Generator().manual_seed(0))
+    opts = {"n_clusters": 4} if scheme == "collaborative" else {"levels": 2, "codebook_size": 4}
+    shared = build_indexing(scheme, c, features=feats, **opts)
+    own = build_indexing(scheme, c, features=feats, leaf="item", **opts)
+    for k, item in enumerate(c.item_ids, 1):
+        a, b = shared.tokens[shared.to_id[item]], own.tokens[own.to_id[item]]
+        assert b == [*a[:-1], f"<item_{k}>"]  # same prefix, the item's own leaf
+    assert len(set(own.to_id.values())) == 20
+    with pytest.raises(ValueError, match="leaf must be"):
+        build_indexing(scheme, c, features=feats, leaf="atomic", **opts)
+
+
 def test_semantic_without_images_warns_and_uses_text(caplog):
     c = corpus_with_groups()
     with caplog.at_level(logging.WARNING):
