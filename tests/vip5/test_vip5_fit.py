@@ -79,7 +79,7 @@ def test_test_table_and_predict_lines(demo_data, tmp_path):
     ckpt = str(out / "checkpoints" / "last.ckpt")
     cli.trainer.test(cli.model, cli.datamodule, ckpt_path=ckpt, verbose=False)
     results = json.loads((out / "checkpoints" / "test_results.json").read_text())
-    assert results["meta"]["decoding"] == "trie" and results["meta"]["indexing"] == "sequential"
+    assert results["meta"]["decoding"] == "trie" and results["meta"]["indexing"] == "atomic"
     table = results["results"]
     assert set(table) == {"A-3", "A-9", "B-5", "B-8", "C-3", "C-12"}
     assert table["A-3"]["invalid_rate"] == 0.0  # trie-constrained: every returned id exists
