@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -412,16 +413,18 @@ def candidate_forest(
     width = max(len(t) for t in rows_tokens)
     input_ids = torch.full((len(rows_tokens), width), pad_token_id, dtype=torch.long)
     depth_t = torch.zeros((len(rows_tokens), width), dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows_tokens), 1, 1)
+    allowed = np.broadcast_to(np.eye(width, dtype=bool), (len(rows_tokens), width, width)).copy()
     for r, (tokens, parent, depth) in enumerate(zip(rows_tokens, rows_parent, rows_depth)):
         input_ids[r, : len(tokens)] = torch.tensor(tokens)
         depth_t[r, : len(depth)] = torch.tensor(depth)
+        rows = allowed[r]
         for q in range(1, len(tokens)):  # parents precede children: a node sees its parent's ancestors
-            allowed[r, q] |= allowed[r, parent[q]]
+            rows[q] |= rows[parent[q]]
     pr, pn, pt, pc = (torch.tensor(col, dtype=torch.long) for col in zip(*pairs)) if pairs else (
         torch.empty(0, dtype=torch.long),) * 4
-    return CandidateForest(input_ids, depth_t, allowed, pr, pn, pt, pc, [len(c) for c in candidates_token_ids],
-                           [len(t) for t in rows_tokens], torch.tensor(n_tokens, dtype=torch.long))
+    return CandidateForest(input_ids, depth_t, torch.from_numpy(allowed), pr, pn, pt, pc,
+                           [len(c) for c in candidates_token_ids], [len(t) for t in rows_tokens],
+                           torch.tensor(n_tokens, dtype=torch.long))
 
 
 def t5_forest_attention_mask(self_attention: Any, depth: torch.Tensor, allowed: torch.Tensor,
