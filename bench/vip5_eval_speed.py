@@ -16,6 +16,7 @@ Targets (issue 4): constrained decoding has 0 invalid ids and is no slower than 
 ranking is at least 3x faster than candidate beam search.
 
     .venv/bin/python bench/vip5_eval_speed.py [--users 64] [--beams 20] [--train_batches 300]
+    .venv/bin/python bench/vip5_eval_speed.py -- --data.init_args.indexing sequential   # digit ids
     .venv/bin/python bench/vip5_eval_speed.py --data data/demo --ckpt outputs/demo/vip5/checkpoints/last.ckpt
 """
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="demo data folder (default: generated in a temp dir)")
     ap.add_argument("--ckpt", type=Path, default=None, help="a trained demo checkpoint (skips training)")
     ap.add_argument("--candidates", type=int, default=100, help="candidates per direct prompt (paper: 100)")
+    ap.add_argument("extra", nargs="*", help="CLI arguments for the model (after --), e.g. --data.init_args.indexing "
+                    "sequential")
     args = ap.parse_args()
 
     import torch
@@ -63,7 +66,7 @@ def main() -> None:
                      "--trainer.limit_val_batches", "0", "--model.evaluation.num_beams", str(args.beams),
                      "--data.init_args.n_negatives", str(args.candidates - 1),
                      "--model.prompts.n_candidates", str(args.candidates),
-                     "--model.prompts.max_source_length", "1024"],
+                     "--model.prompts.max_source_length", "1024", *args.extra],
                     run_cli=False)
     module, dm = cli.model, cli.datamodule
     if args.ckpt:
