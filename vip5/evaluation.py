@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
 from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
 from vip5.data import model_inputs
-from vip5.decoding import ItemTrie, TrieLogitsProcessor, score_candidates, t5_self_attention
+from vip5.decoding import ItemTrie, TrieLogitsProcessor, score_candidates, t5_decode_fn, t5_self_attention
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +207,11 @@ class Evaluator:
         samples = batch["samples"]
         inputs = model_inputs(batch)
         enc = model.encode(**inputs).last_hidden_state
+        t5_decode = t5_decode_fn(t5, enc, batch["attention_mask"])
 
         def decode(rows: slice, decoder_input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            with model.adapter_tasks(inputs["tasks"][rows]):
-                return t5(encoder_outputs=BaseModelOutput(last_hidden_state=enc[rows]),
-                          attention_mask=batch["attention_mask"][rows], decoder_input_ids=decoder_input_ids,
-                          decoder_attention_mask=mask, use_cache=False, return_dict=True).logits
+            with model.adapter_tasks(inputs["tasks"][rows]):  # per-task adapters follow the rows of the pass
+                return t5_decode(rows, decoder_input_ids, mask)
 
         return score_candidates(
             decode, t5_self_attention(t5), [[self.item_tokens[c] for c in s["candidates"]] for s in samples],
