@@ -30,6 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from vip5.adapters import SELF_ATTN_SITES, AdapterConfig, TaskSpec, adapter_tasks, inject_adapters, is_adapter_parameter
+from vip5.dropout import use_fast_cpu_dropout
 from vip5.item_embeddings import attach_item_tokens, item_token_parameters
 from vip5.tokenizer import _download_hint
 from vip5.visual import VisualEmbedding
@@ -54,7 +55,7 @@ def load_backbone(
         t5.config.decoder_start_token_id = t5.config.pad_token_id
     if t5.generation_config.decoder_start_token_id is None:
         t5.generation_config.decoder_start_token_id = t5.config.decoder_start_token_id
-    return t5
+    return use_fast_cpu_dropout(t5)
 
 
 class VIP5Model(nn.Module):
