@@ -28,3 +28,10 @@ def demo_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate_demo(out, n_users=40, n_items=120, seed=0)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory: the embedded defaults' relative folders
+    (``outputs/vip5-demo/checkpoints``, ``wandb/``) must never touch a user's runs in the repository."""
+    monkeypatch.chdir(tmp_path)

@@ -119,7 +119,8 @@ def test_flatten_metrics_of_both_programs():
     assert flatten_metrics(pmg) == ({"lpips_target": 0.1}, {"use_soft": True})
 
 
-def test_wandb_sweep_definition_is_a_grid_over_settings(tmp_path):
+def test_wandb_sweep_definition_is_a_grid_over_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # sweep files named relative to the repository, as a user types them
     sweep = load_sweep(ROOT / "configs/ablations/vip5_rq2_reduction.yaml")
     spec = sweep_definition(sweep, "configs/ablations/vip5_rq2_reduction.yaml", Path("out"),
                             ["--trainer.devices", "8"])

@@ -134,8 +134,7 @@ def test_training_on_some_families_validates_on_those_only(demo_data, tmp_path):
         assert ds[0]["source"] and ds[len(ds) - 1]["target"]
 
 
-def test_validation_ranks_targets_among_candidates_and_selects_checkpoints(demo_data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default config's own checkpoint folder is relative
+def test_validation_ranks_targets_among_candidates_and_selects_checkpoints(demo_data, tmp_path):
     cli = main(["--config", str(_default()), *_args(demo_data / "amazon", tmp_path, "--trainer.max_epochs", "1",
                                                     "--trainer.limit_train_batches", "2",
                                                     "--trainer.limit_val_batches", "2")], run_cli=False)
@@ -162,8 +161,7 @@ def test_validation_ranks_targets_among_candidates_and_selects_checkpoints(demo_
     assert ranks[0] == int((scores > scores[target]).sum() + (scores[:target] == scores[target]).sum())
 
 
-def test_monitoring_val_hr_without_ranked_prompts_is_a_clear_error(demo_data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_monitoring_val_hr_without_ranked_prompts_is_a_clear_error(demo_data, tmp_path):
     cli = main(["--config", str(_default()), *_args(demo_data / "amazon", tmp_path, "--trainer.max_epochs", "1",
                                                     "--trainer.limit_train_batches", "1", "--model.prompts.families",
                                                     "[explanation]")], run_cli=False)
