@@ -5,7 +5,9 @@ the embedded default on the next-item prompts A-1..A-3 (5 per user per epoch, ev
 newest history item first; id tokens start from their items' content at 3x the word-token scale, no dropout, no
 image tokens) for the same number of epochs on the same generated data; the model at the end of training is then
 scored on ``A-3`` (sequential recommendation over the full catalogue, trie-constrained beam search, the user's
-history excluded), and popularity through the same metric code.
+history excluded), and popularity through the same metric code. Collaborative and semantic ids are two tokens
+here (``SCHEME_OPTIONS``: one cluster or code token, then the item's own token); an ``indexing_options`` among the
+extra arguments replaces them.
 Extra CLI arguments after ``--`` apply to every run, so measured options (``--model.label_smoothing 0.1``,
 ``--model.item_token_init mean``, ``--model.item_token_scale 1``) are compared by running the bench twice.
 The LAST line is one JSON object:
@@ -42,11 +44,17 @@ SCHEMES = ("random", "sequential", "atomic", "collaborative", "semantic")
 BENCH_ARGS = ["--model.prompts.families", "[sequential]", "--model.prompts.train_templates", "[A-1, A-2, A-3]",
               "--model.prompts.sequential_samples", "5", "--model.backbone_config.dropout_rate", "0.0",
               "--model.n_image_tokens", "0"]
+# Short ids for the 150-item demo catalogue: one cluster / code token, then the item's own token (leaf: item, the
+# default). Deeper codes (collaborative n_clusters 8, semantic levels 2-3) measured lower (README, "Item identifiers").
+SCHEME_OPTIONS = {"collaborative": "{n_clusters: 16}", "semantic": "{levels: 1}"}
 
 
 def train_and_test(data: Path, out: Path, scheme: str, epochs: int, extra: list[str]) -> dict:
+    options = []
+    if scheme in SCHEME_OPTIONS and not any(a.startswith("--data.init_args.indexing_options") for a in extra):
+        options = ["--data.init_args.indexing_options", SCHEME_OPTIONS[scheme]]
     module, fit_s = fit_and_test(data, out, ["--data.init_args.indexing", scheme, "--trainer.max_epochs", str(epochs),
-                                             "--model.prompts.test_templates", "[A-3]", *BENCH_ARGS, *extra],
+                                             "--model.prompts.test_templates", "[A-3]", *BENCH_ARGS, *options, *extra],
                                  ckpt="last")
     counts = module.model.count_parameters()
     return {"A-3": module.test_results["A-3"], "fit_seconds": round(fit_s, 1),
@@ -81,7 +89,8 @@ def main() -> None:
         res[f"hr10_{scheme}"] = run["A-3"]["HR@10"]
         res[f"ndcg10_{scheme}"] = run["A-3"]["NDCG@10"]
         fit_seconds[scheme] = run["fit_seconds"]
-    res.update({"fit_seconds": fit_seconds, "epochs": args.epochs, "extra": args.extra})
+    res.update({"fit_seconds": fit_seconds, "epochs": args.epochs, "scheme_options": SCHEME_OPTIONS,
+                "extra": args.extra})
     print(json.dumps(res))
 
 

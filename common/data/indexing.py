@@ -118,6 +118,7 @@ class ItemIndexing:
     name = "base"
     uses_features = False
     cached = False
+    fit_version = 1  # part of the cache key: bump when ``fit`` gives other ids for the same inputs and options
 
     def __init__(self, seed: int = 2022) -> None:
         self.seed = seed
@@ -187,8 +188,8 @@ def build_indexing(
 
 def _fit_digest(indexing: ItemIndexing, corpus: Corpus, split: LeaveOneOut, features) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([indexing.name, indexing.options(), list(corpus.item_ids), split.train], sort_keys=True,
-                        default=str).encode())
+    h.update(json.dumps([indexing.name, indexing.fit_version, indexing.options(), list(corpus.item_ids),
+                         split.train], sort_keys=True, default=str).encode())
     h.update(json.dumps([(i.title, i.description) for i in corpus.items.values()]).encode())
     if features is not None and indexing.uses_features:
         h.update(features.float().contiguous().numpy().tobytes())

@@ -14,6 +14,10 @@ frozen backbone):
   are fitted on the items of the training sequences only, then every item is coded. A final level numbers
   the items that share a code tuple, so every id is unique: ``<s0_4><s1_1><s2_7><s3_0>``.
 
+Both multi-token schemes end each id with the item's own token by default (``leaf: item``):
+``<c0_3><c1_0><item_17>``, ``<s0_4><s1_1><s2_7><item_17>``. The faithful OpenP5/TIGER last level, which numbers
+the items inside a cluster or code and is therefore shared by unrelated items, is ``leaf: shared``.
+
 Fitting is deterministic for a seed; the datamodule caches collaborative and semantic ids (see
 ``build_indexing``).
 """
@@ -115,9 +119,9 @@ class CollaborativeIndexing(ItemIndexing):
     Args:
         n_clusters: clusters per split (OpenP5's N); a cluster of at most ``n_clusters`` items is a leaf and
             numbers its items.
-        leaf: ``shared`` (OpenP5): the last token numbers the item inside its leaf cluster, so ``<c2_0>`` is
-            shared by the first item of every leaf; ``item``: the last token is the item's own ``<item_k>``
-            (see :func:`_leaf_tokens`).
+        leaf: ``item`` (default): the last token is the item's own ``<item_k>`` (see :func:`_leaf_tokens`);
+            ``shared`` (OpenP5, faithful): the last token numbers the item inside its leaf cluster, so
+            ``<c2_0>`` is shared by the first item of every leaf.
         seed: k-means seed.
 
     Items that co-occur with nothing in training (cold items) form their own top-level cluster.
@@ -125,7 +129,7 @@ class CollaborativeIndexing(ItemIndexing):
 
     cached = True
 
-    def __init__(self, seed: int = 2022, n_clusters: int = 8, leaf: LeafName = "shared") -> None:
+    def __init__(self, seed: int = 2022, n_clusters: int = 8, leaf: LeafName = "item") -> None:
         super().__init__(seed)
         if n_clusters < 2:
             raise ValueError(f"collaborative indexing needs n_clusters >= 2, got {n_clusters}")
@@ -173,18 +177,27 @@ class CollaborativeIndexing(ItemIndexing):
             self._split(adjacency, nodes[labels == c], [*prefix, c], paths)
 
 
+def default_codebook_size(n_items: int, levels: int, leaf: LeafName) -> int:
+    """Centroids per level when ``codebook_size`` is None (see ``SemanticIndexing``)."""
+    k = n_items ** (1 / (levels + 1)) if leaf == "item" else 2 * n_items ** (1 / levels)
+    return min(256, max(4, math.ceil(k - 1e-9)))
+
+
 @register_indexing("semantic")
 class SemanticIndexing(ItemIndexing):
     """Residual k-means codes over image + text features (TIGER's semantic ids with an image part).
 
     Args:
         levels: code levels before the collision level (TIGER: 3).
-        codebook_size: centroids per level; None picks ``ceil(2 · n_train_items^(1/levels))`` clamped to
-            [4, 256] (TIGER: 256 for ~10k items).
+        codebook_size: centroids per level; None picks it from the number of training items n, clamped to
+            [4, 256]. With ``leaf: item`` the item token tells the items of a code apart, so the code only
+            groups: ``ceil(n^(1/(levels+1)))``, code cells of about that many items each. With ``leaf: shared``
+            the code should be nearly unique: ``ceil(2 · n^(1/levels))`` (TIGER: 256 for ~10k items).
         text_dim: width of the LSA text embedding.
         image_weight: weight of the (L2-normalised) image part against the text part.
-        leaf: ``shared`` (TIGER): the collision level numbers items with the same code, so ``<s3_0>`` ends most
-            ids; ``item``: the last token is the item's own ``<item_k>`` (see :func:`_leaf_tokens`).
+        leaf: ``item`` (default): the collision level becomes the item's own ``<item_k>`` (see
+            :func:`_leaf_tokens`); ``shared`` (TIGER, faithful): the collision level numbers items with the same
+            code, so ``<s3_0>`` ends most ids.
         seed: k-means seed.
 
     Without image features (no images, or no image encoder configured) the codes use text only, with a warning.
@@ -192,9 +205,10 @@ class SemanticIndexing(ItemIndexing):
 
     uses_features = True
     cached = True
+    fit_version = 2  # 2: the default codebook size depends on ``leaf``
 
     def __init__(self, seed: int = 2022, levels: int = 3, codebook_size: int | None = None, text_dim: int = 64,
-                 image_weight: float = 1.0, leaf: LeafName = "shared") -> None:
+                 image_weight: float = 1.0, leaf: LeafName = "item") -> None:
         super().__init__(seed)
         if levels < 1:
             raise ValueError(f"semantic indexing needs levels >= 1, got {levels}")
@@ -207,7 +221,7 @@ class SemanticIndexing(ItemIndexing):
         x = content_vectors(corpus, features, self.text_dim, self.image_weight)
         in_train = {i for seq in split.train.values() for i in seq}
         fit_rows = torch.tensor([r for r, iid in enumerate(items) if iid in in_train] or list(range(len(items))))
-        k = self.codebook_size or min(256, max(4, math.ceil(2 * len(fit_rows) ** (1 / self.levels))))
+        k = self.codebook_size or default_codebook_size(len(fit_rows), self.levels, self.leaf)
         codebooks = residual_kmeans(x[fit_rows], self.levels, k, seed=self.seed)
         codes = residual_codes(x, codebooks).tolist()
         seen: dict[tuple[int, ...], int] = {}
@@ -219,4 +233,5 @@ class SemanticIndexing(ItemIndexing):
         return _token_index(self.name, _leaf_tokens(out, items, self.leaf))
 
 
-__all__ = ["AtomicIndexing", "CollaborativeIndexing", "SemanticIndexing", "content_vectors", "token_content"]
+__all__ = ["AtomicIndexing", "CollaborativeIndexing", "SemanticIndexing", "content_vectors", "default_codebook_size",
+           "token_content"]

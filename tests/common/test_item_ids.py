@@ -95,7 +95,8 @@ def test_collaborative_ids_follow_co_occurrence_from_training_only():
     red, blue = {tops[str(i)] for i in range(10)}, {tops[str(i)] for i in range(10, 20)}
     assert not red & blue  # the two communities never share a top-level cluster
     assert len(set(idx.to_id.values())) == 20  # unique
-    assert all(t.startswith(f"<c{lv}_") for toks in idx.tokens.values() for lv, t in enumerate(toks))
+    assert all(t.startswith(f"<c{lv}_") for toks in idx.tokens.values() for lv, t in enumerate(toks[:-1]))
+    assert all(toks[-1].startswith("<item_") for toks in idx.tokens.values())  # leaf: item (default)
     # held-out items do not enter the graph: changing every user's test item leaves the ids unchanged
     moved = Corpus(c.name, c.root, c.items, c.users, {u: [*s[:-1], "0"] for u, s in c.sequences.items()})
     assert CollaborativeIndexing(n_clusters=4).fit(moved, leave_one_out(moved)).to_id == idx.to_id
@@ -115,17 +116,17 @@ def test_semantic_ids_unique_fixed_length_and_deterministic():
     c = corpus_with_groups()
     feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
                                                                                    generator=torch.Generator().manual_seed(0))
-    idx = build_indexing("semantic", c, features=feats, levels=2, codebook_size=4)
+    idx = build_indexing("semantic", c, features=feats, levels=2, codebook_size=4, leaf="shared")
     assert len(set(idx.to_id.values())) == 20
     assert all(len(t) == 3 for t in idx.tokens.values())  # 2 levels + the collision level
     first = {i: idx.tokens[idx.to_id[i]][0] for i in c.items}
     assert not {first[str(i)] for i in range(10)} & {first[str(i)] for i in range(10, 20)}
-    assert build_indexing("semantic", c, features=feats, levels=2, codebook_size=4).to_id == idx.to_id
+    assert build_indexing("semantic", c, features=feats, levels=2, codebook_size=4, leaf="shared").to_id == idx.to_id
     # items with identical content share the code tuple and differ only in the collision level
     twins = Corpus(c.name, c.root, {"a": Item("a", title="red thing"), "b": Item("b", title="red thing"),
                                     **{k: v for k, v in c.items.items()}}, c.users, c.sequences)
     f2 = torch.cat([torch.ones(2, 4), feats])
-    tw = build_indexing("semantic", twins, features=f2, levels=2, codebook_size=4)
+    tw = build_indexing("semantic", twins, features=f2, levels=2, codebook_size=4, leaf="shared")
     ta, tb = tw.tokens[tw.to_id["a"]], tw.tokens[tw.to_id["b"]]
     assert ta[:2] == tb[:2] and {ta[2], tb[2]} == {"<s2_0>", "<s2_1>"}
 
@@ -136,14 +137,30 @@ def test_item_leaf_keeps_the_prefix_and_ends_each_id_with_the_items_own_token(sc
     feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
                                                                                    generator=torch.Generator().manual_seed(0))
     opts = {"n_clusters": 4} if scheme == "collaborative" else {"levels": 2, "codebook_size": 4}
-    shared = build_indexing(scheme, c, features=feats, **opts)
-    own = build_indexing(scheme, c, features=feats, leaf="item", **opts)
+    shared = build_indexing(scheme, c, features=feats, leaf="shared", **opts)
+    own = build_indexing(scheme, c, features=feats, **opts)  # leaf: item is the default
     for k, item in enumerate(c.item_ids, 1):
         a, b = shared.tokens[shared.to_id[item]], own.tokens[own.to_id[item]]
         assert b == [*a[:-1], f"<item_{k}>"]  # same prefix, the item's own leaf
     assert len(set(own.to_id.values())) == 20
     with pytest.raises(ValueError, match="leaf must be"):
         build_indexing(scheme, c, features=feats, leaf="atomic", **opts)
+
+
+def test_default_codebook_size_groups_items_under_an_item_leaf_and_separates_them_under_a_shared_one():
+    from common.data.item_ids import default_codebook_size
+
+    assert default_codebook_size(150, 1, "item") == 13  # ceil(sqrt(150)): cells of ~12 items
+    assert default_codebook_size(27, 2, "item") == 3 + 1  # 27^(1/3) = 3, clamped up to 4
+    assert default_codebook_size(4096, 3, "item") == 8
+    assert default_codebook_size(150, 3, "shared") == 11  # ceil(2 * 150^(1/3)), TIGER-style near-unique codes
+    assert default_codebook_size(10**6, 1, "shared") == 256
+    c = corpus_with_groups()
+    feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
+                                                                                   generator=torch.Generator().manual_seed(0))
+    idx = build_indexing("semantic", c, features=feats, levels=1)  # 20 items: 5 cells of ~4
+    firsts = {idx.tokens[idx.to_id[i]][0] for i in c.items}
+    assert 2 <= len(firsts) <= 5 and all(len(t) == 2 for t in idx.tokens.values())
 
 
 def test_semantic_without_images_warns_and_uses_text(caplog):
