@@ -33,6 +33,18 @@ def test_fast_dropout_draws_independent_elements():
     assert abs(across - P * P) < 0.0015
 
 
+def test_fast_dropout_in_bfloat16_keeps_the_dtype_and_is_unbiased():
+    torch.manual_seed(2)
+    x = (torch.rand(1000, 1000) + 1).bfloat16()
+    y = fast_dropout(x, P)
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - P)) < 0.002
+    # each kept value is x / (1 - q) rounded once: no bias from a scale rounded to bfloat16 (1.109375, -0.16 %)
+    scale = (y[kept].float() / x[kept].float()).mean().item()
+    assert abs(scale - 1 / (1 - Q)) < 2e-4
+
+
 def test_fast_dropout_follows_torch_seed_and_differs_between_calls():
     x = torch.randn(64, 33)
     torch.manual_seed(7)
