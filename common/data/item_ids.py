@@ -47,6 +47,11 @@ def _check_leaf(leaf: str) -> LeafName:
     return leaf  # type: ignore[return-value]
 
 
+def _own_tokens(items: list[str]) -> dict[str, str]:
+    """Each item's own token, ``<item_k>`` with k its corpus position from 1 (atomic ids and ``leaf: item``)."""
+    return {item: f"<item_{k}>" for k, item in enumerate(items, 1)}
+
+
 def _leaf_tokens(codes: dict[str, list[str]], items: list[str], leaf: LeafName) -> dict[str, list[str]]:
     """``leaf="item"``: replace the last (item-numbering) token of every code by the item's own ``<item_k>``
     (k: corpus order from 1, as atomic ids). The prefix still groups similar items, coarse to fine, while the
@@ -55,7 +60,7 @@ def _leaf_tokens(codes: dict[str, list[str]], items: list[str], leaf: LeafName) 
     """
     if leaf == "shared":
         return codes
-    own = {item: f"<item_{k}>" for k, item in enumerate(items, 1)}
+    own = _own_tokens(items)
     return {item: [*toks[:-1], own[item]] for item, toks in codes.items()}
 
 
@@ -109,7 +114,7 @@ class AtomicIndexing(ItemIndexing):
     each token is its own embedding row)."""
 
     def fit(self, corpus: Corpus, split: LeaveOneOut | None = None, features=None) -> ItemIndex:
-        return _token_index(self.name, {item: [f"<item_{k}>"] for k, item in enumerate(corpus.item_ids, 1)})
+        return _token_index(self.name, {item: [tok] for item, tok in _own_tokens(corpus.item_ids).items()})
 
 
 @register_indexing("collaborative")
