@@ -31,8 +31,16 @@ Method:
 - On CUDA (``--device cuda``) peak = ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``
   (taken after the model is built).
 
-The last stdout line is one JSON object: ``{"trainable_pct", "step_time_ratio", "peak_mem_ratio"}`` with ratios
-adapters / full (lower is better; the targets are <= 0.65 for time and <= 0.70 for memory).
+- Matmul FLOPs: after the peak is read, each child counts one more forward + backward with
+  ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies only). Adapter training skips exactly the
+  frozen weights' gradient matmuls (``tests/vip5/test_model.py``) and still runs the forward and the input
+  gradients of every frozen layer, because the visual mapper and the layer norms below them train. So the
+  FLOP ratio is where the step-time ratio of a matmul-bound device lands; only full finetuning's non-matmul
+  extras (optimizer update, embedding gradients) take the time ratio below it.
+
+The last stdout line is one JSON object: ``{"trainable_pct", "step_time_ratio", "peak_mem_ratio",
+"matmul_flop_ratio"}`` with ratios adapters / full (lower is better; the targets are <= 0.65 for time and <= 0.70
+for memory).
 """
 
 from __future__ import annotations
@@ -204,6 +212,12 @@ def child(args: argparse.Namespace) -> None:
         result["runtime_rss_mb"] = runtime_kb / 1024
         result["after_build_rss_mb"] = built_kb / 1024
         result["peak_method"] = "VmHWM reset after build" if hwm_reset else "ru_maxrss (includes build peak)"
+    # After the peak was read: one more forward + backward, counted by torch's FLOP counter (matmuls only).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops:
+        model(**data).loss.backward()
+    result["matmul_gflop"] = flops.get_total_flops() / 1e9
     _reply(result)
 
 
@@ -304,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
           f"forward share of the full step: {f['phases_s']['forward'] / f['step_time_s']:.3f}", flush=True)
     paired = statistics.median(x["time"] / y["time"] for x, y in zip(steps["adapters"], steps["full"]))
     print(f"median of paired step-time ratios: {paired:.3f}", flush=True)
+    flop_ratio = a["matmul_gflop"] / f["matmul_gflop"]
+    print(f"matmul FLOPs per step (torch.utils.flop_counter): adapters {a['matmul_gflop']:.1f} G, "
+          f"full {f['matmul_gflop']:.1f} G, ratio {flop_ratio:.3f}: the time ratio of a matmul-bound step", flush=True)
     print(f"process cpu-time ratio: {a['step_cpu_s'] / f['step_cpu_s']:.3f}", flush=True)
     if "peak_rss_mb" in a:
         print(f"runtime-inclusive peak RSS ratio: {a['peak_rss_mb'] / f['peak_rss_mb']:.3f}", flush=True)
@@ -311,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         "trainable_pct": round(a["trainable_pct"], 2),
         "step_time_ratio": round(a["step_time_s"] / f["step_time_s"], 3),
         "peak_mem_ratio": round(a["peak_mem_mb"] / f["peak_mem_mb"], 3),
+        "matmul_flop_ratio": round(flop_ratio, 3),
     }
     print(json.dumps(summary), flush=True)
 

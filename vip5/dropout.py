@@ -21,6 +21,8 @@ Anywhere but CPU training (CUDA, eval mode, p = 0) torch's own dropout and SDPA 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,7 +36,7 @@ _BITS = 16
 
 def _keep_mask(shape: torch.Size, dropped: int) -> torch.Tensor:
     """Bool tensor: True with probability 1 - dropped / 2**16, independently per element."""
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     seed = int(torch.randint(0, 2**63 - 1, (1,)).item())  # torch's default generator drives the stream
     raw = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((n + 3) // 4)
     uniforms = torch.from_numpy(raw.view(np.uint16)[:n].view(np.int16)).view(shape)
@@ -54,7 +56,8 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return torch.zeros_like(x)
     # A multiply by a float mask that carries the scale: on CPU 4x faster than ``where`` on the bool mask, and its
     # backward is the same multiply. In half precision the scale stays a Python float (one rounding, no bias).
-    mask = _keep_mask(x.shape, dropped).to(x.dtype)
+    # bool -> float through a uint8 view: the same 0/1 values, and torch converts uint8 about 1.4x faster.
+    mask = _keep_mask(x.shape, dropped).view(torch.uint8).to(x.dtype)
     if x.dtype in (torch.float32, torch.float64):
         return x * mask.mul_(1.0 / (1.0 - q))
     return x * mask * (1.0 / (1.0 - q))

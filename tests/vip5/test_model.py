@@ -92,6 +92,44 @@ def test_frozen_weights_get_no_grad_and_do_not_move():
     assert all(is_adapter_parameter(n) or n.startswith("visual.") or "layer_norm" in n for n in trained)
 
 
+def test_adapter_step_skips_exactly_the_frozen_weight_gradient_matmuls():
+    """The compute the adapter mode saves: every frozen Linear's weight-gradient matmul (2 x rows x in x out FLOPs),
+    and nothing else. Its forward and its input gradients through the frozen layers are the full model's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs, labels = batch()
+    flops = {}
+    for mode in ("adapters", "full"):
+        # With dropout, CPU training runs the same eager attention in both modes. Without it SDPA may pick a
+        # different kernel per mode (the relative position bias requires grad only in ``full``), which the
+        # counter prices differently.
+        model = tiny(training_mode=mode, backbone_config={**TINY, "dropout_rate": 0.1}).train()
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        rows: dict[str, int] = {}  # input rows each Linear saw in the forward
+
+        def count_rows(name):
+            def hook(module, args, out):
+                rows[name] = rows.get(name, 0) + args[0].numel() // module.in_features
+
+            return hook
+
+        hooks = [m.register_forward_hook(count_rows(n)) for n, m in linears.items()]
+        with FlopCounterMode(display=False) as forward:
+            loss = model(**inputs, labels=labels).loss
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
+        for h in hooks:
+            h.remove()
+        flops[mode] = forward.get_total_flops(), backward.get_total_flops()
+        if mode == "adapters":
+            frozen = {n: m for n, m in linears.items() if not m.weight.requires_grad}
+            weight_grads = sum(2 * rows[n] * m.in_features * m.out_features for n, m in frozen.items())
+    assert {n.split(".")[-1] for n in frozen} == {"q", "k", "v", "o", "wi", "wo", "lm_head"}
+    assert rows["t5.lm_head"] == 9 and rows["t5.encoder.block.0.layer.1.DenseReluDense.wi"] == 27
+    assert flops["adapters"][0] == flops["full"][0] > 0
+    assert flops["full"][1] - flops["adapters"][1] == weight_grads > 0
+
+
 def test_near_identity_adapters_equal_plain_backbone():
     inputs, labels = batch()
     plain = tiny(adapter=None)(**inputs, labels=labels).logits
