@@ -362,7 +362,7 @@ class CandidateForest(NamedTuple):
     input_ids: torch.Tensor  # (R, N) decoder input token of each node
     depth: torch.Tensor  # (R, N) position of the node's token in its candidates' decoder input
     allowed: torch.Tensor  # (R, N, N) bool: query node may attend key node (ancestor or itself)
-    pair_row: torch.Tensor  # (P,) one entry per scored token: row ...
+    pair_row: torch.Tensor  # (P,) one entry per scored token, in row order: row ...
     pair_node: torch.Tensor  # (P,) ... node whose logits score it ...
     pair_token: torch.Tensor  # (P,) ... the token ...
     pair_candidate: torch.Tensor  # (P,) ... and the candidate it counts for (flat index over all rows)
@@ -500,7 +500,9 @@ def score_candidates(
                                         forest.allowed[rows, :n, :n], dtype)
         logits = decode_fn(rows, forest.input_ids[rows, :n].to(device), mask).float()
         lse = logits.logsumexp(-1)
-        sel = (forest.pair_row >= rows.start) & (forest.pair_row < rows.stop)
+        # pairs are in row order, so this pass's rows own one contiguous slice of them
+        lo, hi = torch.searchsorted(forest.pair_row, torch.tensor([rows.start, rows.stop])).tolist()
+        sel = slice(lo, hi)
         r = (forest.pair_row[sel] - rows.start).to(logits.device)
         node, tok = forest.pair_node[sel].to(logits.device), forest.pair_token[sel].to(logits.device)
         token_lp = logits[r, node, tok] - lse[r, node]
