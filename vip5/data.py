@@ -76,6 +76,17 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in MODEL_INPUTS}
 
 
+def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The collated batch of the given rows only: tensors and per-row lists (``samples`` included), in that order."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            out[key] = value.index_select(0, torch.tensor(rows, device=value.device))
+        else:
+            out[key] = [value[r] for r in rows]
+    return out
+
+
 class _Samples(Dataset):
     """A list of sample recipes; ``make(recipe, rng)`` renders one (lazily, seeded per index)."""
 

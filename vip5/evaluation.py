@@ -21,7 +21,7 @@ import torch
 from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
-from vip5.data import model_inputs
+from vip5.data import model_inputs, select_rows
 from vip5.decoding import ItemTrie, TrieLogitsProcessor, score_candidates, t5_decode_fn, t5_self_attention
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Evaluator:
         if self.config.direct_ranking == "beam":
             ranks = []
             for r, s in enumerate(batch["samples"]):
-                sub = {k: v[r : r + 1] for k, v in batch.items()}
+                sub = select_rows(batch, [r])
                 trie = ItemTrie({c: self.item_tokens[c] for c in s["candidates"]})
                 ranked = [c for c in self._beam_items(sub, self.config.num_beams, trie)[0] if c is not None]
                 ranks.append(ranked.index(s["target_item"]) if s["target_item"] in ranked else -1)
@@ -186,13 +186,7 @@ class Evaluator:
             samples.append({**s, "candidates": candidates})
         if not rows:
             return []
-        sub: dict[str, Any] = {"samples": samples}
-        for key, value in batch.items():
-            if torch.is_tensor(value):
-                sub[key] = value.index_select(0, torch.tensor(rows, device=value.device))
-            elif key != "samples":
-                sub[key] = [value[r] for r in rows]
-        return self._likelihood_ranks(sub)
+        return self._likelihood_ranks({**select_rows(batch, rows), "samples": samples})
 
     @torch.no_grad()
     def candidate_scores(self, batch: dict[str, Any], max_positions: int = 2048) -> list[torch.Tensor]:

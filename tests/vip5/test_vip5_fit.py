@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,6 +120,15 @@ def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_pat
                 expected = -out.loss.item() * len(ids)  # token-mean CE -> summed log-likelihood
                 assert abs(float(scores[r][j]) - expected) < 1e-3, (r, j)
     assert tok.pad_token_id == 0
+    # A beam as wide as the candidate list keeps every candidate of these one-token ids (+ </s>), so the
+    # candidate-constrained beam search (``direct_ranking: beam``, the faithful option) ranks them exactly as
+    # their likelihoods do.
+    ev = module.evaluator
+    assert {len(ev.item_tokens[c]) for s in batch["samples"] for c in s["candidates"]} == {2}
+    ev.config = dataclasses.replace(ev.config, direct_ranking="beam", num_beams=20)
+    assert len(batch["samples"][0]["candidates"]) == 20
+    beam_ranks = ev._direct(batch)
+    assert beam_ranks == ev._likelihood_ranks(batch) and max(beam_ranks) >= 0
 
 
 def test_training_on_some_families_validates_on_those_only(demo_data, tmp_path):
