@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vip5.cli import main
-from vip5.data import model_inputs
+from vip5.data import model_inputs, select_rows
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_batched_candidate_scores_equal_per_candidate_forward(demo_data, tmp_pat
             for j in (0, 5, len(s["candidates"]) - 1):
                 ids = module.evaluator.item_tokens[s["candidates"][j]]
                 labels = torch.tensor([ids])
-                row = {k: (v[r : r + 1] if torch.is_tensor(v) else v[r : r + 1]) for k, v in batch.items()}
+                row = select_rows(batch, [r])
                 out = module.model(**model_inputs(row), labels=labels)
                 expected = -out.loss.item() * len(ids)  # token-mean CE -> summed log-likelihood
                 assert abs(float(scores[r][j]) - expected) < 1e-3, (r, j)
