@@ -92,7 +92,9 @@ def attention(
                                       scaling=scaling, position_bias=position_bias, **kwargs)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = torch.matmul(query, key.transpose(2, 3))
+    if scaling != 1.0:  # T5 passes 1.0 (its scale lives in the weights): no full-size multiply for nothing
+        scores = scores * scaling
     if position_bias is not None:
         scores = scores + position_bias
     if attention_mask is not None:

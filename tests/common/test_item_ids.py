@@ -78,6 +78,12 @@ def corpus_with_groups(n_users: int = 40, seed: int = 0) -> Corpus:
     return Corpus("groups", Path("."), items, {u: User(u) for u in seqs}, seqs)
 
 
+def group_features() -> torch.Tensor:
+    """Image features of ``corpus_with_groups``'s items: the two colour groups at opposite corners, plus noise."""
+    noise = 0.01 * torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    return torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + noise
+
+
 def test_atomic_ids_are_one_new_token_per_item():
     c = corpus_with_groups()
     idx = build_indexing("atomic", c)
@@ -114,8 +120,7 @@ def test_collaborative_cold_items_get_their_own_cluster():
 
 def test_semantic_ids_unique_fixed_length_and_deterministic():
     c = corpus_with_groups()
-    feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
-                                                                                   generator=torch.Generator().manual_seed(0))
+    feats = group_features()
     idx = build_indexing("semantic", c, features=feats, levels=2, codebook_size=4, leaf="shared")
     assert len(set(idx.to_id.values())) == 20
     assert all(len(t) == 3 for t in idx.tokens.values())  # 2 levels + the collision level
@@ -134,8 +139,7 @@ def test_semantic_ids_unique_fixed_length_and_deterministic():
 @pytest.mark.parametrize("scheme", ["collaborative", "semantic"])
 def test_item_leaf_keeps_the_prefix_and_ends_each_id_with_the_items_own_token(scheme):
     c = corpus_with_groups()
-    feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
-                                                                                   generator=torch.Generator().manual_seed(0))
+    feats = group_features()
     opts = {"n_clusters": 4} if scheme == "collaborative" else {"levels": 2, "codebook_size": 4}
     shared = build_indexing(scheme, c, features=feats, leaf="shared", **opts)
     own = build_indexing(scheme, c, features=feats, **opts)  # leaf: item is the default
@@ -156,8 +160,7 @@ def test_default_codebook_size_groups_items_under_an_item_leaf_and_separates_the
     assert default_codebook_size(150, 3, "shared") == 11  # ceil(2 * 150^(1/3)), TIGER-style near-unique codes
     assert default_codebook_size(10**6, 1, "shared") == 256
     c = corpus_with_groups()
-    feats = torch.cat([torch.ones(10, 4), -torch.ones(10, 4)]) + 0.01 * torch.randn(20, 4,
-                                                                                   generator=torch.Generator().manual_seed(0))
+    feats = group_features()
     idx = build_indexing("semantic", c, features=feats, levels=1)  # 20 items: 5 cells of ~4
     firsts = {idx.tokens[idx.to_id[i]][0] for i in c.items}
     assert 2 <= len(firsts) <= 5 and all(len(t) == 2 for t in idx.tokens.values())

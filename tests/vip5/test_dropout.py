@@ -72,16 +72,17 @@ def test_fast_dropout_gradient_is_the_same_mask():
     assert torch.allclose(x.grad, expected)
 
 
-def test_attention_with_dropout_is_eager_t5_attention_on_dropped_probabilities():
+@pytest.mark.parametrize("scaling", [1.0, 0.125])  # T5's 1.0, and a scaled attention
+def test_attention_with_dropout_is_eager_t5_attention_on_dropped_probabilities(scaling):
     torch.manual_seed(0)
     module = nn.Module().train()
     q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
     bias = torch.randn(1, 4, 6, 6)
     mask = torch.zeros(2, 1, 6, 6)
     mask[1, :, :, 4:] = torch.finfo(torch.float32).min  # padded keys
-    out, probs = attention(module, q, k, v, mask, dropout=0.5, scaling=1.0, position_bias=bias)
+    out, probs = attention(module, q, k, v, mask, dropout=0.5, scaling=scaling, position_bias=bias)
     module.eval()
-    _, clean = eager_attention_forward(module, q, k, v, mask, scaling=1.0, dropout=0.0, position_bias=bias)
+    _, clean = eager_attention_forward(module, q, k, v, mask, scaling=scaling, dropout=0.0, position_bias=bias)
     q5 = round(0.5 * 2**16) / 2**16
     kept = probs != 0
     assert 0.3 < 1 - kept.float().mean().item() < 0.7
