@@ -1,4 +1,4 @@
-"""Bottleneck (Houlsby-style) adapters on the sub-layers of a stock Hugging Face T5 (VIP5 §1.4).
+"""Bottleneck (Houlsby-style) adapters on the sub-layers of a stock Hugging Face T5 (Geng et al. 2023).
 
 Config + layer + injector (style C9), no copied T5 code (C10): ``inject_adapters`` attaches an
 ``AdapterController`` as a child named ``adapter`` to each targeted stock module and registers a forward
@@ -19,7 +19,7 @@ decoder_ffn            ``T5LayerFF.DenseReluDense``
 Stock parameter names are untouched (a t5 state dict still loads); every adapter parameter has a
 ``.adapter.`` component (see ``is_adapter_parameter``).
 
-Task routing (§1.4, §6.2 item 7): with ``shared=True`` one adapter per site serves all tasks (the script
+Task routing: with ``shared=True`` one adapter per site serves all tasks (the script
 setting). With per-task adapters each batch row is routed to its own task's adapter
 (``route="per_sample"``); ``route="first"`` reproduces the original, which used the first sample's task
 for the whole batch. Task ids are set per call with the ``adapter_tasks`` context manager. When a
@@ -50,7 +50,7 @@ TaskSpec = str | Sequence[str] | Sequence[int] | torch.Tensor | None
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Bottleneck adapters on T5 sub-layers (VIP5 §1.4).
+    """Bottleneck adapters on T5 sub-layers (as in VIP5).
 
     Attributes:
         reduction_factor: bottleneck width is ``d_model // reduction_factor`` (the VIP5 script uses 8).
@@ -58,7 +58,7 @@ class AdapterConfig:
         shared: one adapter per site for all tasks (VIP5 ``--use_single_adapter``); False = one per task.
         tasks: task names that own an adapter when ``shared`` is False.
         route: per-task routing. ``"per_sample"`` (improved) routes every batch row by its own task;
-            ``"first"`` (faithful, §6.2 item 7) uses the first row's task for the whole batch.
+            ``"first"`` (faithful) uses the first row's task for the whole batch.
         activation: a ``transformers.activations.ACT2FN`` key; VIP5 uses ``gelu_new``.
         init: ``"near_identity"`` (improved) zero-inits the up-projection so the model at step 0 equals the
             backbone; ``"default"`` (faithful) keeps PyTorch's ``nn.Linear`` init.

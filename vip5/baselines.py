@@ -1,7 +1,7 @@
 """Model-free baselines, scored with the same metric code as the model.
 
 * :func:`popularity_ranking`: items by training-interaction count. A model that learns must beat it.
-* :func:`next_unused_id_ranking`: the id-leak heuristic of vip5_reference §6.1. P5/VIP5 number items by first
+* :func:`next_unused_id_ranking`: the id-leak heuristic (Hua et al. 2023). P5/VIP5 number items by first
   appearance along each user's full sequence, so a held-out item is often the next unused integer after the
   user's history ids. The heuristic guesses ``max+1, max+2, last+1, last+2``, then ``h+1`` for each history id h
   (most recent first), then ``max+3, max+4, ...``, skipping ids in the history. It is a sanity check: it scores

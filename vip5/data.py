@@ -1,6 +1,6 @@
 """VIP5SampleBuilder: turns the shared RecData into VIP5 text-to-text samples and tensor batches.
 
-Per-epoch sampling follows the original (vip5_reference §2.3, §3): per user a number of sequential and
+Per-epoch sampling follows the original VIP5 ``data.py``: per user a number of sequential and
 direct samples, one per training review for explanations, templates drawn uniformly from each family's
 training templates. Test prompts are deterministic (fixed separator, fixed candidate lists).
 """
@@ -23,7 +23,7 @@ from vip5.tokenizer import IMAGE_TOKEN, batch_whole_word_ids, load_tokenizer, tr
 log = logging.getLogger(__name__)
 
 FAMILIES = ("sequential", "direct", "explanation")
-# Which optional file provides which capability a template may require (vip5_reference §2.1).
+# Which optional file provides which capability a template may require (the P5/VIP5 data folder).
 CAPABILITY_FILES = {"titles": "meta.json.gz", "reviews": "exp_splits.pkl"}
 
 
@@ -39,15 +39,15 @@ class PromptConfig:
         test_templates: template ids evaluated by ``vip5 test`` (seen A-3/B-5/C-3, unseen A-9/B-8/C-12).
         families: task families to train on.
         max_history: most recent history items kept in a prompt (improved: the original right-truncated the
-            whole prompt at 1024 tokens, cutting the newest items, §6.2.10).
-        train_targets: ``last3`` (the original: one of the last three training positions, §2.3) or ``all``
+            whole prompt at 1024 tokens, cutting the newest items).
+        train_targets: ``last3`` (the original: one of the last three training positions) or ``all``
             (every training position can be a target).
         history_order: ``oldest_first`` (the original) or ``newest_first``: the most recent item first, so it
             always sits at the same word position after the prompt's fixed text (README, "Item identifiers").
         max_source_length: source token limit (prompts are left-trimmed through max_history first).
         max_target_length: target token limit in training.
-        random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful
-            §6.2.4); default draws it only in training.
+        random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful);
+            default draws it only in training.
         n_candidates: candidates in B-5..B-8 lists (target + negatives).
         seed: sampling seed (per-epoch prompts are seeded by seed, epoch and index).
     """
@@ -456,7 +456,7 @@ class VIP5SampleBuilder(SampleBuilder):
             "target": review.explanation or "",
         }
         if tpl.target_kind == "rating_text":
-            # C-7/C-8: training targets carry a Gaussian-jittered rating as in the original (§2.3)
+            # C-7/C-8: training targets carry a Gaussian-jittered rating as in the original
             stars = P.jitter_rating(rating, rng) if train else str(int(round(rating)))
             fields["rating_text"] = stars
         source, target_text, _ = P.render(tpl, fields, n_image_tokens=self.n_images, separator=", ")

@@ -1,10 +1,10 @@
 """Item-id decoding: trie-constrained beam search and exact candidate ranking by likelihood.
 
-The original evaluates ranking prompts with unconstrained beam search (vip5_reference §5): beams may decode to
+The original evaluates ranking prompts with unconstrained beam search: beams may decode to
 ids that do not exist, and a duplicate decode overwrote the earlier, better rank. Here:
 
 * :class:`ItemTrie` is a prefix trie over the token ids of every catalogue item (decoder start token prepended,
-  trailing ``</s>`` included, as OpenP5 ``generation_trie.py``; §7). Its children are stored once as flat
+  trailing ``</s>`` included, as OpenP5 ``generation_trie.py``). Its children are stored once as flat
   tensors (CSR), so :class:`TrieLogitsProcessor` masks a whole step with one gather + scatter instead of
   enumerating allowed tokens in Python per beam.
 * **History exclusion** (optional) happens inside the processor: per row, the token that leads into a trie
@@ -13,8 +13,8 @@ ids that do not exist, and a duplicate decode overwrote the earlier, better rank
 * :func:`beam_search_items` wraps HF ``generate`` and returns ranked item lists in which a duplicate keeps its
   best rank; its unconstrained (faithful) mode reports the decoded strings that are no catalogue item, so the
   invalid-id rate is measurable.
-* :func:`score_candidates` scores a candidate list (B-5..B-8) exactly by teacher-forced log-likelihood (§6.3):
-  a row's candidates are merged into one prefix tree decoded as one sequence, so the prompt is cross-attended
+* :func:`score_candidates` scores a candidate list (B-5..B-8) exactly by teacher-forced log-likelihood (the original
+  ranks them by beam search): a row's candidates are merged into one prefix tree decoded as one sequence, so the prompt is cross-attended
   once per row and a shared id prefix is decoded once.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation and prediction for VIP5 (vip5_reference §5, fixes of §6.2 items 3-6).
+"""Evaluation and prediction for VIP5, with the original's evaluation defects fixed.
 
 - Sequential (A-3 seen, A-9 unseen): beam search constrained by a prefix trie over every catalogue item
   id, so each returned item exists; HR@k/NDCG@k over the full catalogue. ``decoding: free`` is the
@@ -139,7 +139,7 @@ class Evaluator:
             seen: set[str] = set()
             banned = set(s["history"]) if cfg.exclude_history else set()
             ranked = []
-            for c in cand:  # duplicates keep their best rank (the original kept the worst, §5)
+            for c in cand:  # duplicates keep their best rank (the original kept the worst)
                 if c is None or c in seen or c in banned:
                     continue
                 seen.add(c)

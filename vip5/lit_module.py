@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class VIP5LitModule(L.LightningModule):
-    """VIP5 on a frozen T5 with bottleneck adapters and CLIP image tokens (vip5_reference §1, §4).
+    """VIP5 on a frozen T5 with bottleneck adapters and CLIP image tokens (Geng et al. 2023).
 
     Args:
         backbone: T5 weights by name or folder (``t5-small``, a P5 checkpoint folder). Ignored when
@@ -45,12 +45,13 @@ class VIP5LitModule(L.LightningModule):
         prompts: prompt sampling settings (templates, samples per user, history length ...).
         evaluation: decoding and metric settings for ``vip5 test`` / ``vip5 predict``.
         loss_normalization: ``token`` (mean over target tokens, default) or ``double`` (the original code's
-            per-sample mean divided again by the target length, vip5_reference §1.6).
+            per-sample mean divided again by the target length).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: share of training steps with linear warmup, then linear decay to 0.
         adam_eps: AdamW epsilon.
-        decay_norms: also decay layer-norm weights (the original's name-mismatch quirk, §6.2.8).
+        decay_norms: also decay layer-norm weights (the original's name-mismatch quirk: its no-decay
+            list names ``LayerNorm.weight``, while T5's norms are called ``layer_norm``, so they were decayed).
         label_smoothing: cross-entropy label smoothing (0 = none, the original).
         item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
             ``normal``, ``mean``, or ``content`` (each token starts from the image + text content of its items,
@@ -209,7 +210,7 @@ class VIP5LitModule(L.LightningModule):
         valid = (labels != -100).float()
         if self.hparams.loss_normalization == "token":
             return (tok * valid).sum() / valid.sum().clamp_min(1.0)
-        # faithful: mean over each sample's tokens, times 1/target_length, mean over the batch (§1.6)
+        # faithful: mean over each sample's tokens, times 1/target_length, mean over the batch (the original code)
         per_sample = (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
         return (per_sample / valid.sum(1).clamp_min(1.0)).mean()
 

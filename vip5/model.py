@@ -1,18 +1,18 @@
-"""VIP5 as plain PyTorch on a stock Hugging Face ``T5ForConditionalGeneration`` (VIP5 §1; style C1, C9, C10).
+"""VIP5 as plain PyTorch on a stock Hugging Face ``T5ForConditionalGeneration`` (Geng et al. 2023; style C1, C9, C10).
 
 The stock T5 is used through its extension points only: the encoder input is built here and passed as
-``inputs_embeds`` (§1.2), adapters are forward hooks on stock sub-layers (``vip5.adapters``), and decoding is
+``inputs_embeds``, adapters are forward hooks on stock sub-layers (``vip5.adapters``), and decoding is
 the stock ``generate`` fed with ``encoder_outputs`` (beam search, logits processors, ``prefix_allowed_tokens_fn``).
 
-Encoder input (§1.2), per position: ``shared(input_ids)``; image-slot positions (``input_ids == image_token_id``,
+Encoder input, per position: ``shared(input_ids)``; image-slot positions (``input_ids == image_token_id``,
 category 1) overwritten in order by the mapped image tokens (item i owns slots i·n … i·n+n−1); then
 ``+ whole_word_embeddings(whole_word_ids) + category_embeddings(category_ids)``.
 
-What trains (§1.5), by ``training_mode``:
+What trains, by ``training_mode``:
 - ``adapters``: adapters + every T5 layer norm + the visual mapper; everything else is frozen (the VIP5 script).
 - ``adapters_self_attn_only``: the same with adapters only at the self-attention sites (RQ2 ablation).
 - ``full``: every parameter.
-The whole-word and category tables stay frozen at their init, as in the original (§6.2 item 9), unless
+The whole-word and category tables stay frozen at their init, as in the original, unless
 ``train_word_embeddings`` is set. Frozen tensors have ``requires_grad=False``: no gradients, no optimizer state.
 """
 
@@ -73,7 +73,7 @@ class VIP5Model(nn.Module):
         training_mode: ``adapters`` | ``adapters_self_attn_only`` | ``full`` (see the module docstring).
         whole_word_vocab: rows of the whole-word id table (VIP5: 1024; ids must stay below it).
         category_vocab: rows of the category table (VIP5: 16; ids 0 = text, 1 = image slot are used).
-        train_word_embeddings: train the whole-word and category tables (VIP5 keeps them frozen, §6.2 item 9).
+        train_word_embeddings: train the whole-word and category tables (VIP5 keeps them frozen).
         embedding_init: init of those tables: ``normal`` = N(0, 1) as VIP5, ``zeros`` = start with no effect.
         image_token_id: id of the image placeholder ``<extra_id_0>`` (32099 for the P5 tokenizer; for a trained
             SentencePiece tokenizer it is ``len(tokenizer) - 1``).
@@ -245,7 +245,7 @@ class VIP5Model(nn.Module):
         image_feats: torch.Tensor | None = None,
         image_counts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Encoder ``inputs_embeds`` ``[B, L, d]`` (§1.2).
+        """Encoder ``inputs_embeds`` ``[B, L, d]``.
 
         Args:
             input_ids: ``[B, L]`` token ids; ``image_token_id`` marks image slots.

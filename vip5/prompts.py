@@ -1,15 +1,16 @@
 """VIP5 prompt templates (A-1..A-9, B-1..B-8, C-1..C-12) loaded from ``templates.yaml`` and rendered to text.
 
 The template strings are the paper's (jeykigung/VIP5 ``src/all_templates.py``); the rendering reproduces its
-``data.py`` (vip5_reference §1.3, §3):
+``data.py``:
 
 * user ids are written ``user_<uid>``; single items ``item_<iid>`` (where the template says so); history and
   candidate lists hold bare ids;
 * every item of a list is followed by its ``n`` image placeholders, the last one included:
   ``12 <ph> <ph> , 34 <ph> <ph>``; a single item's photo slot is the ``n`` placeholders joined by spaces;
-* the history separator is ``", "`` or ``" -> "``. The original flips a fair coin per sample even at test time
-  (§6.2 item 4); here the caller picks a fixed separator, ``"coin"`` with a seeded ``random.Random`` (use
-  :func:`sample_rng` for a per-sample deterministic coin at test time), which is the faithful option in training.
+* the history separator is ``", "`` or ``" -> "``. The original flips a fair coin per sample even at test time,
+  so test prompts change between runs; here the caller picks a fixed separator, ``"coin"`` with a seeded
+  ``random.Random`` (use :func:`sample_rng` for a per-sample deterministic coin at test time), which is the
+  faithful option in training.
   Candidate lists always use ``", "``.
 
 Item id strings come from an item index elsewhere; here they are plain strings.

@@ -1,4 +1,4 @@
-"""Tokenizer side of VIP5: a T5 SentencePiece tokenizer and the whole-word ids of §1.2.
+"""Tokenizer side of VIP5: a T5 SentencePiece tokenizer and the whole-word ids of the VIP5 encoder input.
 
 - ``load_tokenizer("t5-small")`` (or a local folder) gives the P5/VIP5 tokenizer: 32,000 pieces + 100
   ``<extra_id_k>`` = 32,100 ids, ``<extra_id_0>`` = 32099 is the image placeholder.
@@ -117,7 +117,7 @@ def whole_word_ids(
     tokens: Sequence[str], image_token: str = IMAGE_TOKEN, eos_token: str = "</s>", pad_token: str = "<pad>",
     id_tokens: Collection[str] = (),
 ) -> list[int]:
-    """Whole-word ids of a SentencePiece token list, as VIP5 ``calculate_whole_word_ids`` (§1.2).
+    """Whole-word ids of a SentencePiece token list, as VIP5 ``calculate_whole_word_ids``.
 
     A counter starting at 0 goes up at every token that starts with "▁" or equals ``image_token``; each token
     takes the current counter value. ``eos_token`` and ``pad_token`` get 0.

@@ -1,4 +1,4 @@
-"""VIP5 image pathway: the mapping network from one CLIP image embedding to n soft tokens (VIP5 §1.3).
+"""VIP5 image pathway: the mapping network from one CLIP image embedding to n soft tokens (Geng et al. 2023).
 
 ``Linear(feat_dim -> d·n/2) -> Tanh -> Linear(d·n/2 -> d·n) -> RMSNorm(d·n)`` reshaped to ``n`` tokens of width
 ``d``. The norm is the stock ``T5LayerNorm`` (RMS, weight only, eps 1e-6), as VIP5's ``use_vis_layer_norm``.
