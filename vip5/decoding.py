@@ -14,8 +14,8 @@ ids that do not exist, and a duplicate decode overwrote the earlier, better rank
   best rank; its unconstrained (faithful) mode reports the decoded strings that are no catalogue item, so the
   invalid-id rate is measurable.
 * :func:`score_candidates` scores a candidate list (B-5..B-8) exactly by teacher-forced log-likelihood (the original
-  ranks them by beam search): a row's candidates are merged into one prefix tree decoded as one sequence, so the prompt is cross-attended
-  once per row and a shared id prefix is decoded once.
+  ranks them by beam search): a row's candidates are merged into one prefix tree decoded as one sequence, so
+  the prompt is cross-attended once per row and a shared id prefix is decoded once.
 """
 
 from __future__ import annotations
