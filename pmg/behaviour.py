@@ -1,4 +1,4 @@
-"""PMG stage 1: user behaviour -> text (pmg_reference §1.1).
+"""PMG stage 1: user behaviour -> text (Shen et al. 2024).
 
 Each history item becomes one short text built from its metadata through the scenario's ``item_text`` template
 in ``prompts.yaml``: movies ``Title (Genre, Genre): kw1, kw2.`` when item keywords exist (else the description),
@@ -38,7 +38,7 @@ def clean_title(title: str | None) -> str:
 
 def render_chat(turns: Sequence[str], speakers: Sequence[str] = ("Alice", "Bob")) -> str:
     """Chat turns (oldest first) as ``"#Alice: ...  #Bob: ..."``, speakers alternating back from the last turn,
-    which gets ``speakers[-1]`` (the emoticon scenario's target text, §1.2)."""
+    which gets ``speakers[-1]`` (the emoticon scenario's target text)."""
     n = len(speakers)
     named = [f"#{speakers[(n - 1 - (len(turns) - 1 - i)) % n]}: {' '.join(t.split())}" for i, t in enumerate(turns)]
     return "  ".join(named)

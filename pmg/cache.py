@@ -144,7 +144,7 @@ class JsonlStore:
 
 
 class KeywordCache(JsonlStore):
-    """A :class:`JsonlStore` of keyword-extraction results (pmg_reference §5.4).
+    """A :class:`JsonlStore` of keyword-extraction results.
 
     Each record holds: ``key``, ``prompt_hash``, ``model_id``, ``decoding`` (the decoding parameters),
     ``raw`` (the model's raw output per stage), ``parsed`` (the keyword list) and ``reason`` (None, or why

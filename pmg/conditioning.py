@@ -1,4 +1,4 @@
-"""Assembly of the SD conditioning from keyword states E_k and soft states E_m (pmg_reference §2.3, §3.1).
+"""Assembly of the SD conditioning from keyword states E_k and soft states E_m (Shen et al. 2024).
 
 Pure functions, so training, inference and the weight grid build conditions the same way:
 
@@ -73,7 +73,7 @@ def scale_tokens(states: Tensor, weight: float, skip_first: bool = True) -> Tens
     """``states [B, T, D]`` times ``weight``, except the first (start-token) state when ``skip_first``.
 
     The CLIP start-token state has a far larger norm than the others and is identical for every prompt, so
-    scaling it changes the attention of every query rather than the weight of the prompt (pmg_reference §3.1).
+    scaling it changes the attention of every query rather than the weight of the prompt.
     """
     if not skip_first:
         return states * weight

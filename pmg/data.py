@@ -1,4 +1,4 @@
-"""PMGSampleBuilder: user histories -> behaviour prompts, keywords and target images (pmg_reference §1, §2.6).
+"""PMGSampleBuilder: user histories -> behaviour prompts, keywords and target images.
 
 Samples come from the same leave-one-out splits as VIP5: the supervision image of a training sample is
 the last item of the user's training part (the paper's "last item"), validation and test use the held-out

@@ -1,12 +1,12 @@
-"""Frozen Stable Diffusion components and the diffusion loss that trains PMG's soft embedding (pmg_reference §2.4).
+"""Frozen Stable Diffusion components and the diffusion loss that trains PMG's soft embedding.
 
 Components come either from a Stable Diffusion folder / hub name (``load_sd_components``) or from small configs
-with random weights (``tiny_sd_components``, the offline default and tests, sizes of pmg_reference §7); both give
+with random weights (``tiny_sd_components``, the offline default and tests); both give
 an :class:`SDComponents` that ``save_components`` writes in the standard diffusers layout (``vae/``, ``unet/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``), so a from-config run reloads offline.
 
 VAE encodings are split into :func:`encode_images` (latent-distribution mean/std, cacheable once per item,
-§6.4 item 2) and :func:`sample_latents` (a fresh sample per step, as PMG-Bench's ``latent_dist.sample()``).
+since the VAE is frozen) and :func:`sample_latents` (a fresh sample per step, as PMG-Bench's ``latent_dist.sample()``).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def tiny_sd_components(
     image_size: int = 32,
     seed: int = 0,
 ) -> SDComponents:
-    """Small random SD components (pmg_reference §7): 32x32 images <-> 4x16x16 latents, 32-wide text states.
+    """Small random SD components: 32x32 images <-> 4x16x16 latents, 32-wide text states.
 
     Args:
         tokenizer_dir: where the word tokenizer built from ``texts`` is saved; None keeps it in memory only.
@@ -278,7 +278,7 @@ def load_image_tensor(path: str | os.PathLike, size: int) -> Tensor:
     """Read an image as ``[3, size, size]`` in [-1, 1]: centre crop to a square, then resize (no aspect squash).
 
     Raises:
-        DataError: the file is missing or not a readable image (never replaced by noise, §6.1 item 4).
+        DataError: the file is missing or not a readable image (never replaced by noise).
     """
     try:
         with Image.open(path) as img:

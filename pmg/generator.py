@@ -1,6 +1,6 @@
 """Weighted generation: the whole (w_p, w_t) grid of one sample in ONE batched diffusion call.
 
-For each weight pair a condition ``[77, d_te]`` is built (pmg_reference §3.1, §6.4 item 3):
+For each weight pair a condition ``[77, d_te]`` is built:
 
 - ``weighting="scale"``: ``[w_t * E(target keywords, T_t tokens); w_p * E(preference keywords, T_p tokens);
   w_p * E_m (L tokens)]`` with ``T_t + T_p + L = 77``. Each keyword block keeps its start-token state
@@ -34,7 +34,7 @@ from pmg.diffusion import SDComponents, as_pipeline
 Weighting = Literal["scale", "repeat"]
 SchedulerName = Literal["ddim", "ddpm", "dpmsolver"]
 Keywords = str | Sequence[str]
-#: PMG-Bench's negative prompt (§3.3).
+#: PMG-Bench's negative prompt.
 DEFAULT_NEGATIVE_PROMPT = "lowres, text, error, cropped, worst quality, low quality"
 #: Default (w_p, w_t) grid: integers, so "repeat" and "scale" use the same pairs.
 DEFAULT_GRID: tuple[tuple[float, float], ...] = ((1.0, 1.0), (2.0, 1.0), (1.0, 2.0), (2.0, 2.0))
@@ -149,7 +149,7 @@ class WeightedGenerator:
 
         Args:
             target: target keywords (list or string), or — "scale" mode only — their precomputed states
-                ``[T_t, D]`` (cached CLIP-text states, §6.4 item 2).
+                ``[T_t, D]`` (cached CLIP-text states: the text encoder is frozen).
             pref: preference keywords, or their precomputed states ``[T_p, D]``.
             soft: E_m ``[L, D]`` / ``[1, L, D]``, or None (keywords only).
             grid: (w_p, w_t) pairs.

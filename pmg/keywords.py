@@ -2,13 +2,13 @@
 
 Two extractors share one interface (:class:`KeywordExtractor`): ``preference(histories)`` maps each user's
 history item texts to ``n_preference`` keywords, ``target(items)`` maps each item text to ``n_target`` keywords.
-:class:`LLMKeywordExtractor` prompts a causal LM with the scenario prompts of ``prompts.yaml`` (pmg_reference
-§1.2); :class:`TfidfKeywordExtractor` is the cheap statistical baseline and the offline default. Both store
+:class:`LLMKeywordExtractor` prompts a causal LM with the scenario prompts of ``prompts.yaml``
+(Shen et al. 2024); :class:`TfidfKeywordExtractor` is the cheap statistical baseline and the offline default. Both store
 every result in a :class:`~pmg.cache.KeywordCache` keyed by id + prompt hash + extractor id, so a rerun only
 does the missing keys. Empty inputs and unparsable outputs are counted in ``stats`` and stored as an empty
 list with a ``reason``; they are never replaced by made-up keywords.
 
-Fixed relative to the reference code (§1.3, §6.1 item 10): the per-attribute branch asks each attribute once,
+Fixed relative to the original PMG code: the per-attribute branch asks each attribute once,
 then really sends the merged candidates to the LLM in an integration prompt and parses *that* answer; the
 parser keeps hyphens and digits inside keywords and de-duplicates.
 """
@@ -436,7 +436,7 @@ class KeywordExtractor:
 
 
 class LLMKeywordExtractor(KeywordExtractor):
-    """Keywords from a causal LM with the scenario prompts (pmg_reference §1.2-1.3), greedy decoding.
+    """Keywords from a causal LM with the scenario prompts, greedy decoding.
 
     Args:
         model: hub name or local folder of the LLM, or an already-built transformers model.
@@ -523,8 +523,8 @@ class LLMKeywordExtractor(KeywordExtractor):
                 parsed = parse_keywords(next(iter(raw[i].values())), n)
                 out[i] = {"raw": raw[i], "parsed": parsed, "reason": None if parsed else "no_keywords"}
             return out
-        # Per-attribute: merge each user's candidates, then send the integration prompt (the reference built it
-        # but never sent it, §1.3). No candidates -> nothing to integrate; counted as no_keywords.
+        # Per-attribute: merge each user's candidates, then send the integration prompt (the original built it
+        # but never sent it). No candidates -> nothing to integrate; counted as no_keywords.
         cands = {}
         for i in chunk:
             merged = [kw for a in self.prompts.attributes for kw in parse_keywords(raw[i][a], self.n_per_attribute)]

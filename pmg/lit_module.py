@@ -1,11 +1,11 @@
 """PMGLitModule: trains the soft preference embedding through a frozen diffusion model, generates and scores.
 
-Training (pmg_reference §2): the frozen LLM reads the behaviour prompt with L trainable soft tokens and
+Training (Shen et al. 2024): the frozen LLM reads the behaviour prompt with L trainable soft tokens and
 S-long P-Tuning v2 prefixes; a mapper turns the soft positions into E_m; the condition is the frozen
 text-encoder states of the preference keywords (77−L tokens) followed by E_m (77 tokens); the loss is the
 epsilon-prediction MSE on VAE latents of the target image. Only soft tokens, prefixes and mapper train.
 Keyword text states and VAE latent distributions are frozen and reused, so they are cached after the first
-epoch. Generation (§3): a (w_p, w_t) grid in one batched call, CLIP-scored selection, images on disk.
+epoch. Generation: a (w_p, w_t) grid in one batched call, CLIP-scored selection, images on disk.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationConfig:
-    """Weighted generation and selection (pmg_reference §3).
+    """Weighted generation and selection.
 
     Attributes:
         grid: (w_p, w_t) weight pairs, one candidate image each, generated in one batch.
@@ -70,7 +70,7 @@ class GenerationConfig:
 
 @dataclass
 class EvalConfig:
-    """``pmg test`` metrics (pmg_reference §4, §6.4 item 8).
+    """``pmg test`` metrics (LPIPS/SSIM against history and target, as the PMG paper).
 
     Attributes:
         lpips_net: LPIPS trunk (``vgg`` like PMG-Bench/Pigeon, or ``alex``).
@@ -102,7 +102,7 @@ class PMGLitModule(L.LightningModule):
         generation: weighted generation and selection settings.
         evaluation: test metric settings.
         lr: AdamW learning rate of soft tokens, prefixes and mapper (prefix tuning likes 1e-4..1e-3; the
-            PMG-Bench 5e-6 barely moves randomly initialised weights, §2.5).
+            PMG-Bench 5e-6 barely moves randomly initialised weights).
         weight_decay: AdamW weight decay.
         llm_dtype: dtype of the frozen LLM when loaded by name (``bfloat16`` for 7B models).
         gradient_checkpointing: recompute LLM layers in backward (for 7B models).

@@ -1,19 +1,19 @@
-"""PMG's soft preference embedding E_m (paper §3.3, pmg_reference §2.1): frozen LLM + soft tokens + P-Tuning v2.
+"""PMG's soft preference embedding E_m (Shen et al. 2024, Sec. 3.3): frozen LLM + soft tokens + P-Tuning v2.
 
 The behaviour prompt (right-padded token ids) is embedded by the frozen causal LM; L trainable *soft tokens* are
 written right after each sample's last real token, S trainable key/value *prefixes* are prepended on every layer
 (P-Tuning v2), and the last hidden states at the L soft positions are mapped linearly to the width of the SD text
 encoder. Only soft tokens, prefixes and mapper train.
 
-Differences from the reference code (pmg_reference §6.1):
+Differences from the original PMG code:
 - soft tokens start as real token embeddings (``soft_init="vocab"``), not ``randn`` with std 1, whose rows are far
-  larger than real Llama embeddings (item 6); ``soft_init="randn"`` keeps the original;
+  larger than real Llama embeddings; ``soft_init="randn"`` keeps the original;
 - prefixes start as the LLM's own keys/values of S real tokens (``prefix_init="tokens"``, Li & Liang 2021);
   ``prefix_init="randn"`` is the original ``nn.Embedding`` N(0, 1) init;
 - head counts and widths come from the model config, so GQA models get prefixes of width
-  ``layers * 2 * kv_heads * head_dim`` (item 7).
+  ``layers * 2 * kv_heads * head_dim``.
 
-The prefix enters through the transformers ``Cache`` interface (pmg_reference §6.2): the model sees a cache of
+The prefix enters through the transformers ``Cache`` interface: the model sees a cache of
 length S, so real tokens get positions S..S+T-1, exactly as with a generation cache or PEFT prefix tuning. The cache
 is *read-only* (``update`` returns prefix + new states without storing them), so a layer can be run twice, which
 our own gradient checkpointing relies on: transformers' built-in checkpointing drops ``past_key_values``, which
@@ -271,7 +271,7 @@ class SoftPreferenceModel(nn.Module):
                 expected[key].copy_(value)
 
     def count_parameters(self) -> dict[str, int]:
-        """Trainable sizes (pmg_reference §2.2): prefix S*layers*2*kv_heads*head_dim, soft L*hidden, mapper
+        """Trainable sizes: prefix S*layers*2*kv_heads*head_dim, soft L*hidden, mapper
         hidden*d_te + d_te; plus ``trainable`` (their sum) and ``frozen`` (the LLM)."""
 
         def size(part: nn.Module | Tensor | None) -> int:

@@ -1,6 +1,6 @@
 """Reader for the P5/VIP5 Amazon folder layout (beauty, toys, sports, clothing).
 
-Layout (vip5_reference §2.1), all in one folder:
+Layout (as released with P5/VIP5), all in one folder:
     sequential_data.txt   required: ``uid iid1 ... iidn`` per line, oldest first
     datamaps.json         user2id / item2id / id2user / id2item (raw Amazon ids <-> file ids)
     user_id2name.pkl      uid -> reviewerName

@@ -92,7 +92,7 @@ class SampleBuilder:
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
-        """Per-epoch resampling of prompts/targets (vip5_reference §3); default: nothing."""
+        """Per-epoch resampling of prompts/targets (the original resamples every epoch); default: nothing."""
 
 
 class RecDataModule(L.LightningDataModule):
@@ -113,7 +113,8 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: validation/test/predict batch size (defaults to ``batch_size``).
         num_workers: DataLoader workers (0 keeps 2-core machines from oversubscribing).
         n_negatives: negatives per user in the fixed candidate lists (99 gives the paper's 100 candidates).
-        leak_free_reviews: drop each user's val/test items from explanation training (vip5_reference §6.2.2).
+        leak_free_reviews: drop each user's val/test items from explanation training (the original trains on
+            them, so test explanations can be memorised).
         seed: seed for negatives, review split and random indexing.
         generate_demo: if ``data_dir`` is missing, write the embedded demo data set there first (the offline
             default; real configs leave this off and get an error saying what to download).
@@ -267,19 +268,19 @@ class RecDataModule(L.LightningDataModule):
 
 
 class AmazonDataModule(RecDataModule):
-    """Amazon (Beauty, Sports, Toys, Clothing) in the P5/VIP5 folder layout (vip5_reference §2.1)."""
+    """Amazon (Beauty, Sports, Toys, Clothing) in the P5/VIP5 folder layout."""
 
     source = "amazon"
 
 
 class POGDataModule(RecDataModule):
-    """Alibaba iFashion POG click logs (pmg_reference §5.1)."""
+    """Alibaba iFashion POG click logs, as used by PMG (Shen et al. 2024)."""
 
     source = "pog"
 
 
 class MovieLensDataModule(RecDataModule):
-    """MovieLens latest-small (pmg_reference §5.2).
+    """MovieLens latest-small, as used by PMG (Shen et al. 2024).
 
     Args:
         min_rating: keep ratings at or above this value as positive interactions.

@@ -8,7 +8,7 @@ structure (see ``architecture.md``, "The embedded default"):
 - Users have a latent taste: a preferred colour, shape and category. Sequences are drawn from taste
   (matching items are far more likely) plus item-to-item transitions (each item has a few successors:
   same category, next price tier, mostly same colour), on top of a mild popularity skew.
-- Amazon item numbers are a random permutation (not P5's first-appearance order, vip5_reference §6.1), so
+- Amazon item numbers are a random permutation (not P5's first-appearance order, which leaks the target), so
   an id says nothing about the item; titles and images do.
 - Reviews rate taste-matching items higher, and their ``explanation`` names a feature word.
 
@@ -274,7 +274,7 @@ def _explanation(rng: np.random.Generator, world: World, u: int, i: int, stars: 
 
 def _p5_review_split(rng: np.random.Generator, user_of: list[int], item_of: list[int]) -> dict[str, list[int]]:
     """P5's 8:1:1 split: one review per user and per item into train first, fill train to 80 %, then
-    10 % val and the rest test (random, not temporal; vip5_reference §2.2)."""
+    10 % val and the rest test (random, not temporal)."""
     n = len(user_of)
     order = rng.permutation(n)
     train: set[int] = set()

@@ -1,6 +1,6 @@
 """CLIP image features: one items x dim matrix per (data set, encoder), extracted once and cached on disk.
 
-VIP5 shipped no extraction code (vip5_reference §1.3, §6.3): its features are the CLIP ``encode_image`` output,
+VIP5 shipped no extraction code: its features are the CLIP ``encode_image`` output,
 one ``.npy`` per item, with undocumented normalisation. Here:
 
 - the encoder is an open_clip architecture plus a pretrained tag or checkpoint path (:class:`ClipEncoder`, presets

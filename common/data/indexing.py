@@ -1,7 +1,7 @@
-"""Pluggable item indexing: the id string each item gets in prompts (vip5_reference §6.1, §7).
+"""Pluggable item indexing: the id string each item gets in prompts (Hua et al. 2023).
 
 P5/VIP5 number items by first appearance along each user's *full* sequence, so a held-out item is often the
-next unused integer after the user's history ids: a model can score by arithmetic on ids (§6.1). The
+next unused integer after the user's history ids: a model can score by arithmetic on ids. The
 schemes here:
 
 - ``original``: the ids of the source files (faithful mode; leaky on the P5 Amazon files);

@@ -1,4 +1,4 @@
-"""Reader for MovieLens (latest-small layout, pmg_reference §5.2).
+"""Reader for MovieLens (latest-small layout).
 
     ratings.csv   required: userId,movieId,rating,timestamp
     movies.csv    required: movieId,title,genres (title keeps its " (YYYY)"; genres pipe-separated)

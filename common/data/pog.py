@@ -1,4 +1,4 @@
-"""Reader for the raw POG (Alibaba iFashion) files (pmg_reference §5.1).
+"""Reader for the raw POG (Alibaba iFashion) files.
 
     user_data.txt   required: ``user_id,item_id;item_id;...,outfit_id`` (click history, oldest first)
     item_data.txt   required: ``item_id,cate_id,pic_url,title`` (the title may itself contain commas)

@@ -1,13 +1,13 @@
 """Raw Amazon-2014 files -> the P5/VIP5 folder layout, as P5's preprocessing notebook built it.
 
-Follows jeykigung/P5 ``preprocess/data_preprocess_amazon.ipynb`` (vip5_reference §2.2) step by step, with the
+Follows jeykigung/P5 ``preprocess/data_preprocess_amazon.ipynb`` step by step, with the
 same random calls in the same order, so seed 2022 on the same input files should give P5's files (checked against
 a transcription of the notebook's code on synthetic data; the released files were not available to compare):
 
 1. reviews ``reviews_<Category>_5.json.gz`` -> per-user item lists sorted (stably) by ``unixReviewTime``;
 2. iterative user/item 5-core filter;
 3. user list shuffled (``random.shuffle``), users numbered 1..U in that order, items numbered by first appearance
-   while walking each user's *full* sequence -- P5's id map, leak included (§6.1; leak-free re-indexing is done
+   while walking each user's *full* sequence -- P5's id map, leak included (leak-free re-indexing is done
    later by ``common.data.indexing``);
 4. ``negative_samples.txt``: 99 items per user, ``np.random.choice(all_items, 99, replace=False)`` rounds that
    reject the user's items;
@@ -306,7 +306,7 @@ def prepare_amazon(
     user_core: int = 5,
     item_core: int = 5,
 ) -> dict:
-    """Build a P5-layout folder (vip5_reference §2.1) from raw Amazon-2014 files.
+    """Build a P5-layout folder from raw Amazon-2014 files.
 
     Args:
         reviews: ``reviews_<Category>_5.json.gz`` (one JSON object per line; gzip optional).

@@ -1,11 +1,11 @@
 """Leave-one-out splits, fixed candidate negatives and review (explanation) splits.
 
-- ``leave_one_out``: train = seq[:-2], val = (history, seq[-2]), test = (history, seq[-1]) as in P5/VIP5
-  (vip5_reference §2.3). Unlike P5, a history never contains its own target.
+- ``leave_one_out``: train = seq[:-2], val = (history, seq[-2]), test = (history, seq[-1]) as in P5/VIP5.
+  Unlike P5, a history never contains its own target.
 - ``candidate_negatives``: fixed 99-item lists, from the source's negative_samples.txt or sampled once with a
-  seed and cached, so test candidates do not change between runs (the official code re-draws them: §6.2 item 3).
-- ``review_splits``: the shipped exp_splits, or P5's random 8:1:1 split (§2.2); leak-free by default
-  (§6.2 item 2: no training review of a user's val/test item).
+  seed and cached, so test candidates do not change between runs (the official code re-draws them).
+- ``review_splits``: the shipped exp_splits, or P5's random 8:1:1 split; leak-free by default
+  (no training review of a user's val/test item).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Streaming LPIPS / SSIM between generated images and the target and history images of each sample.
 
-Protocol (pmg_reference §4.1-4.2, §6.4 item 8), fixed and documented:
+Protocol (PMG's evaluation, Shen et al. 2024, with the image preprocessing that PMG-Bench leaves open fixed and
+documented):
 - images are float tensors in [0, 1] (uint8 tensors and PIL images are converted); with ``resize`` set,
   every image is first resized to ``resize x resize`` (bicubic, antialiased; PMG-Bench uses 512);
 - LPIPS: ``lpips.LPIPS(net="vgg")`` (the package default is alex; PMG-Bench and Pigeon use vgg), inputs

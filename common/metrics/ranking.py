@@ -2,7 +2,7 @@
 
 A *rank* is the 0-based position of the ground truth in the ranked list, or -1 when it is absent (not
 returned, beyond the list, or dropped as an invalid id). With a single relevant item the ideal DCG is 1, so
-NDCG@k = 1/log2(rank + 2) for rank < k (P5/VIP5 ``evaluate_all`` and OpenP5 compute the same; vip5_reference §5).
+NDCG@k = 1/log2(rank + 2) for rank < k (P5/VIP5 ``evaluate_all`` and OpenP5 compute the same).
 HR@k equals Recall@k here. The functions return per-sample values; average them (or use :class:`RankingMetrics`).
 """
 

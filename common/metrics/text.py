@@ -1,4 +1,4 @@
-"""BLEU-4 and ROUGE for generated explanations (vip5_reference §5), both on a 0-100 scale.
+"""BLEU-4 and ROUGE for generated explanations, both on a 0-100 scale.
 
 * ``bleu4``: corpus BLEU-4 (sacrebleu) with brevity penalty and **no smoothing**, like the tensorflow/nmt
   ``compute_bleu`` that P5/VIP5 call. Word level splits on whitespace (``tokenize="none"``), which is exactly

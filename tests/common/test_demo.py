@@ -235,7 +235,7 @@ def test_planted_taste_beats_popularity(medium):
 def test_ids_do_not_leak_and_reviews_follow_taste(medium):
     truth = json.loads((medium / "truth.json").read_text())
     seqs = _amazon_sequences(medium)
-    # P5's first-appearance numbering makes the next item often max(history)+1 (vip5_reference §6.1); not here.
+    # P5's first-appearance numbering makes the next item often max(history)+1; not here.
     leak = np.mean([int(s[-1]) == max(int(i) for i in s[:-1]) + 1 for s in seqs.values()])
     assert leak < 0.05
     items, users = truth["amazon"]["items"], truth["amazon"]["users"]

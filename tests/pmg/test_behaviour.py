@@ -1,4 +1,4 @@
-"""Behaviour -> text (pmg_reference §1.1): item texts per scenario, summaries, captions, cache, history rendering."""
+"""Behaviour -> text: item texts per scenario, summaries, captions, cache, history rendering."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conditioning assembly (pmg_reference §2.3, §3.1, §7 items 1 and 7) with a tiny CLIP text encoder."""
+"""Conditioning assembly with a tiny CLIP text encoder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion components, VAE latents and the diffusion loss (pmg_reference §2.4, §7 items 5-6)."""
+"""Tiny Stable Diffusion components, VAE latents and the diffusion loss."""
 
 from __future__ import annotations
 

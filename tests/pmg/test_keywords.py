@@ -1,4 +1,4 @@
-"""Keyword prompts, parser and extractors (pmg_reference §1.2-1.3, §7 item 9), offline and fast."""
+"""Keyword prompts, parser and extractors, offline and fast."""
 
 from __future__ import annotations
 

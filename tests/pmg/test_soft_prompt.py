@@ -1,4 +1,4 @@
-"""SoftPreferenceModel (pmg_reference §2.1, §2.2, §7 items 1-4) on a tiny GQA Llama, and the word tokenizer."""
+"""SoftPreferenceModel on a tiny GQA Llama, and the word tokenizer."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_prefix_is_the_llm_prefix_of_its_init_tokens(llm, tokenizer):
 
 
 def test_readonly_cache_matches_dynamic_cache_recipe(llm, tokenizer):
-    """Our cache == the §6.2 recipe (fresh DynamicCache filled with cache.update(k, v, layer_idx))."""
+    """Our cache == the prefix recipe (fresh DynamicCache filled with cache.update(k, v, layer_idx))."""
     model = make(llm, prefix_init="randn")
     ids, mask = batch(tokenizer)
     embeds, full_mask, positions = model.build_inputs(ids, mask)

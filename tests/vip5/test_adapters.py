@@ -1,4 +1,4 @@
-"""Bottleneck adapters on a stock HF T5 (VIP5 §1.4): sites, placement, init, per-sample task routing."""
+"""Bottleneck adapters on a stock HF T5 (as in VIP5): sites, placement, init, per-sample task routing."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ LABELS = torch.tensor([[3, 4, 1], [5, 6, 1], [7, 8, 1], [3, 4, 1]])
 
 def test_adapter_shape_and_size():
     a = BottleneckAdapter(512, 8, init="default")
-    assert sum(p.numel() for p in a.parameters()) == (512 * 64 + 64) + (64 * 512 + 512) == 66_112  # §1.5
+    assert sum(p.numel() for p in a.parameters()) == (512 * 64 + 64) + (64 * 512 + 512) == 66_112  # d=512, r=8
     x = torch.randn(2, 3, 512)
     assert a(x).shape == x.shape
     z = BottleneckAdapter(512, 8, init="near_identity")

@@ -1,4 +1,4 @@
-"""VIP5Model on a stock HF T5: parameter arithmetic (§1.5), trainability, encoder input (§1.2), routing, decoding."""
+"""VIP5Model on a stock HF T5: parameter arithmetic, trainability, encoder input, routing, decoding."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def batch():
     return dict(input_ids=ids, attention_mask=(ids != 0).long(), whole_word_ids=ww, image_feats=feats), labels
 
 
-# ---------------------------------------------------------------------------------------- §1.5 arithmetic
+# ----------------------------------------------------------------------------------- parameter arithmetic
 @pytest.mark.parametrize(
     ("n", "trainable", "total", "pct", "visual"),
     [(1, 2_263_168, 63_271_552, "3.58", 263_424), (2, 2_788_736, 63_797_120, "4.37", 788_992)],
@@ -139,7 +139,7 @@ def test_near_identity_adapters_equal_plain_backbone():
     assert not torch.allclose(changed, plain, atol=1e-3)
 
 
-# ---------------------------------------------------------------------------------------- §1.2 encoder input
+# -------------------------------------------------------------------------------------------- encoder input
 def test_image_tokens_land_on_their_slots():
     model = tiny(embedding_init="zeros")
     inputs, _ = batch()

@@ -1,4 +1,4 @@
-"""Whole-word ids (VIP5 §1.2) and the offline SentencePiece tokenizer."""
+"""Whole-word ids (the VIP5 encoder input) and the offline SentencePiece tokenizer."""
 
 from __future__ import annotations
 
