@@ -1,6 +1,6 @@
 """Bottleneck (Houlsby-style) adapters on the sub-layers of a stock Hugging Face T5 (Geng et al. 2023).
 
-Config + layer + injector (style C9), no copied T5 code (C10): ``inject_adapters`` attaches an
+Config + layer + injector, no copied T5 code: ``inject_adapters`` attaches an
 ``AdapterController`` as a child named ``adapter`` to each targeted stock module and registers a forward
 hook that replaces the module's output ``y`` with ``y + Adapter(y)``. The targeted modules are the ones
 whose output is the sub-layer output *before* the block residual, so the placement is exactly VIP5's
@@ -103,7 +103,7 @@ class BottleneckAdapter(nn.Module):
         self.up = nn.Linear(bottleneck, d_model)
         if init == "near_identity":
             # Zero up-projection: the adapter is the identity at step 0, the down-projection keeps its random
-            # init so the up-projection receives a non-zero gradient (LoRA-style; style C9).
+            # init so the up-projection receives a non-zero gradient (LoRA-style).
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
 

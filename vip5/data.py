@@ -43,7 +43,7 @@ class PromptConfig:
         train_targets: ``last3`` (the original: one of the last three training positions) or ``all``
             (every training position can be a target).
         history_order: ``oldest_first`` (the original) or ``newest_first``: the most recent item first, so it
-            always sits at the same word position after the prompt's fixed text (README, "Item identifiers").
+            always sits at the same word position after the prompt's fixed text (docs/vip5.md, "Item identifiers").
         max_source_length: source token limit (prompts are left-trimmed through max_history first).
         max_target_length: target token limit in training.
         random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful);

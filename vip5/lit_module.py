@@ -58,7 +58,7 @@ class VIP5LitModule(L.LightningModule):
             projected to the model width; see ``vip5.item_embeddings``).
         item_token_scale: initial std of the item-token rows relative to the backbone's token table (1 = the
             same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
-            items in a prompt within hundreds of steps instead of plateauing at popularity (README, "Item
+            items in a prompt within hundreds of steps instead of plateauing at popularity (docs/vip5.md, "Item
             identifiers"; ``bench/vip5_indexing.py`` uses 3).
     """
 

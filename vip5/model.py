@@ -1,4 +1,4 @@
-"""VIP5 as plain PyTorch on a stock Hugging Face ``T5ForConditionalGeneration`` (Geng et al. 2023; style C1, C9, C10).
+"""VIP5 as plain PyTorch on a stock Hugging Face ``T5ForConditionalGeneration`` (Geng et al. 2023).
 
 The stock T5 is used through its extension points only: the encoder input is built here and passed as
 ``inputs_embeds``, adapters are forward hooks on stock sub-layers (``vip5.adapters``), and decoding is
