@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.data.datamodule import RecData, SampleBuilder, Split
+from common.data.splits import sample_users
 from vip5 import prompts as P
 from vip5.tokenizer import IMAGE_TOKEN, batch_whole_word_ids, load_tokenizer, train_sentencepiece
 
@@ -127,6 +128,7 @@ class VIP5SampleBuilder(SampleBuilder):
         self.epoch = 0
         self.data: RecData | None = None
         self.predict_users: list[str] | None = None
+        self.test_users: int | None = None  # a sample of test users (EvalConfig.test_users)
         self._warned_truncation = False
 
     # -- connection ----------------------------------------------------------------------------
@@ -322,7 +324,8 @@ class VIP5SampleBuilder(SampleBuilder):
         fam = self.available[template].family
         if fam == "explanation":
             return [("explanation", None, ("test", i, template)) for i in range(len(self.data.reviews.get("test", [])))]
-        return [(fam, u, ("test", template)) for u in self.data.split.test]
+        users = sample_users(list(self.data.split.test), self.test_users, self.config.seed)
+        return [(fam, u, ("test", template)) for u in users]
 
     def dataloaders(self, split: Split, batch_size: int, num_workers: int):
         if split != "test":

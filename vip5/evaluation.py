@@ -43,6 +43,8 @@ class EvalConfig:
         top_k: items written per user by ``vip5 predict``.
         predict_explanations: also write an explanation (C-3 style, for the top item) in ``vip5 predict``.
         predict_users: users ``vip5 predict`` recommends for (default: every user of the test split).
+        test_users: evaluate on a fixed random sample of this many test users (``common.data.splits.sample_users``,
+            seeded by the prompts' seed); None = every test user.
         predictions_file: JSON-lines file (under the trainer's root dir) ``vip5 predict`` writes.
         validation_ranking: log ``val/hr@10`` every validation: the likelihood rank of each validation target
             among its candidate list or the user's fixed negatives (a checkpoint monitor that follows ranking
@@ -60,6 +62,7 @@ class EvalConfig:
     top_k: int = 10
     predict_explanations: bool = False
     predict_users: list[str] | None = None
+    test_users: int | None = None
     predictions_file: str = "predictions.jsonl"
     validation_ranking: bool = True
 

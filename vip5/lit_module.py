@@ -48,7 +48,10 @@ class VIP5LitModule(L.LightningModule):
             per-sample mean divided again by the target length).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        warmup_ratio: share of training steps with linear warmup, then linear decay to 0.
+        warmup_ratio: share of training steps with linear warmup (when ``warmup_steps`` is None).
+        warmup_steps: warm-up length in optimiser steps (set it for ``trainer.max_time`` runs).
+        lr_schedule: after warm-up, ``linear`` or ``cosine`` decay to 0 at the end of training, whether the step
+            count or ``trainer.max_time`` ends it (``common.schedule``), or ``constant``.
         adam_eps: AdamW epsilon.
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk: its no-decay
             list names ``LayerNorm.weight``, while T5's norms are called ``layer_norm``, so they were decayed).
@@ -81,6 +84,8 @@ class VIP5LitModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        warmup_steps: int | None = None,
+        lr_schedule: Literal["linear", "constant", "cosine"] = "linear",
         adam_eps: float = 1e-6,
         decay_norms: bool = False,
         label_smoothing: float = 0.0,
@@ -137,6 +142,7 @@ class VIP5LitModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "predict":  # before the predict dataloader is built
             self.sample_builder.predict_users = self.eval_config.predict_users
+        self.sample_builder.test_users = self.eval_config.test_users
         # A from-config backbone's tokenizer lives in its checkpoints: adopt it before the model is built, so a
         # restored model always sees the vocabulary it was trained with.
         ckpt = self.checkpoint_hint
@@ -272,7 +278,7 @@ class VIP5LitModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
+        from common.schedule import budget_schedule
 
         hp = self.hparams
         decay, no_decay = [], []
@@ -286,8 +292,8 @@ class VIP5LitModule(L.LightningModule):
                 decay.append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.adam_eps)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        factor = budget_schedule(self.trainer, hp.lr_schedule, hp.warmup_ratio, hp.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def extra_repr(self) -> str:

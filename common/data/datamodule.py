@@ -116,6 +116,8 @@ class RecDataModule(L.LightningDataModule):
         leak_free_reviews: drop each user's val/test items from explanation training (the original trains on
             them, so test explanations can be memorised).
         seed: seed for negatives, review split and random indexing.
+        cache_dir: where prepared files are kept (negatives, fitted item ids, tokenizer, image features); default
+            ``<data_dir>/cache`` and ``<data_dir>/features``. Set it when the data folder is read-only.
         generate_demo: if ``data_dir`` is missing, write the embedded demo data set there first (the offline
             default; real configs leave this off and get an error saying what to download).
     """
@@ -136,6 +138,7 @@ class RecDataModule(L.LightningDataModule):
         leak_free_reviews: bool = True,
         seed: int = 2022,
         generate_demo: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.generate_demo = generate_demo
@@ -150,6 +153,7 @@ class RecDataModule(L.LightningDataModule):
         self.n_negatives = n_negatives
         self.leak_free_reviews = leak_free_reviews
         self.seed = seed
+        self._cache_root = None if cache_dir is None else Path(cache_dir)
         self.sample_builder: SampleBuilder | None = None
         self.data: RecData | None = None
         self._corpus: Corpus | None = None
@@ -164,11 +168,11 @@ class RecDataModule(L.LightningDataModule):
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.data_dir / "cache" if self._cache_root is None else self._cache_root
 
     @property
     def features_dir(self) -> Path:
-        return self.data_dir / "features"
+        return self.data_dir / "features" if self._cache_root is None else self._cache_root / "features"
 
     def corpus(self) -> Corpus:
         if self._corpus is None:

@@ -58,6 +58,19 @@ def leave_one_out(corpus: Corpus, min_length: int = 3) -> LeaveOneOut:
     return LeaveOneOut(train, val, test, skipped)
 
 
+def sample_users(users: list[str], n: int | None, seed: int) -> list[str]:
+    """A fixed random sample of ``n`` users, in their given order (all of them when ``n`` is None or too large).
+
+    Every model of a comparison (VIP5, SASRec, popularity) takes its test users from here, so they rank the same
+    users."""
+    if n is None or n >= len(users):
+        return list(users)
+    if n < 1:
+        raise ValueError(f"a user sample needs n >= 1, got {n}")
+    keep = set(random.Random(seed).sample(range(len(users)), n))
+    return [u for i, u in enumerate(users) if i in keep]
+
+
 def _check_catalogue(corpus: Corpus, n: int) -> None:
     if len(corpus.items) < n + 1:
         raise DataError(
