@@ -9,7 +9,7 @@ ways; warm-up first, then the median of several interleaved repeats, torch threa
 
 The LAST line is one JSON object:
     {"k": 4, "batched_over_sequential": ..., "seconds_per_image": {"keywords": ..., "diffusion": ..., "scoring": ...}}
-Target: batched_over_sequential <= 0.6. Random weights: the numbers are timings only.
+batched_over_sequential < 1 means the batched grid is faster. Random weights: the numbers are timings only.
 """
 
 from __future__ import annotations

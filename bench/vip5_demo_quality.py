@@ -13,7 +13,7 @@ LAST line is one JSON object:
 
     .venv/bin/python bench/vip5_demo_quality.py [--epochs 10] [--threads 2] [-- --model.lr 0.002]
 
-Why this recipe (measured, README "Item identifiers"): a from-scratch model learns popularity first and only
+Why this recipe (measured, docs/results.md, "Item identifiers"): a from-scratch model learns popularity first and only
 later learns to read the items in the prompt; dropout and the explanation prompts delay that jump past a
 few-minute budget.
 """

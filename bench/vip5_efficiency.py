@@ -39,8 +39,7 @@ Method:
   extras (optimizer update, embedding gradients) take the time ratio below it.
 
 The last stdout line is one JSON object: ``{"trainable_pct", "step_time_ratio", "peak_mem_ratio",
-"matmul_flop_ratio"}`` with ratios adapters / full (lower is better; the targets are <= 0.65 for time and <= 0.70
-for memory).
+"matmul_flop_ratio"}`` with ratios adapters / full (lower is better).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The last two explain the direct speedup: both ways encode the same long prompt p
 time bounds what any likelihood decoder can reach. The clocks time the model's work on batches collated once
 beforehand (the same batches for every way); the batching rate is printed on its own line.
 
-Targets (issue 4): constrained decoding has 0 invalid ids and is no slower than unconstrained; likelihood
+Expected: constrained decoding has 0 invalid ids and is no slower than unconstrained; likelihood
 ranking is at least 3x faster than candidate beam search.
 
     .venv/bin/python bench/vip5_eval_speed.py [--users 64] [--beams 20] [--train_batches 300]

@@ -21,7 +21,7 @@ Why this recipe: a from-scratch model first learns popularity and only later lea
 prompt (a plateau, then a jump); content-initialised id-token rows at 3x scale and fewer distractions (no
 candidate or yes/no prompts, no dropout, no image tokens) move the jump from beyond 1,500 steps to about 400,
 and listing the history newest first (the item that predicts the next one always at the same word position)
-doubles HR@10 again (README, "Item identifiers").
+doubles HR@10 again (docs/results.md, "Item identifiers").
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ BENCH_ARGS = ["--model.prompts.families", "[sequential]", "--model.prompts.train
               "--model.prompts.sequential_samples", "5", "--model.backbone_config.dropout_rate", "0.0",
               "--model.n_image_tokens", "0"]
 # Short ids for the 150-item demo catalogue: one cluster / code token, then the item's own token (leaf: item, the
-# default). Deeper codes (collaborative n_clusters 8, semantic levels 2-3) measured lower (README, "Item identifiers").
+# default). Deeper codes (collaborative n_clusters 8, semantic levels 2-3) measured lower (docs/results.md).
 SCHEME_OPTIONS = {"collaborative": "{n_clusters: 16}", "semantic": "{levels: 1}"}
 
 

@@ -1,4 +1,4 @@
-"""Every YAML in configs/ (and each program's embedded default) parses and instantiates (style.md C6)."""
+"""Every YAML in configs/ (and each program's embedded default) parses and instantiates."""
 
 from __future__ import annotations
 

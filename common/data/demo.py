@@ -1,7 +1,7 @@
 """Deterministic demo shop written in the three real file formats (Amazon/P5, POG, MovieLens).
 
 The embedded offline default needs data that the *real* readers load and that carries learnable, planted
-structure (see ``architecture.md``, "The embedded default"):
+structure (docs/data.md, "Demo data"):
 
 - Items have visual attributes (colour, shape, pattern), a category and a price tier. Each item image is a
   PNG rendered from its attributes, so images carry what item ids do not.

@@ -56,7 +56,7 @@ def _leaf_tokens(codes: dict[str, list[str]], items: list[str], leaf: LeafName) 
     """``leaf="item"``: replace the last (item-numbering) token of every code by the item's own ``<item_k>``
     (k: corpus order from 1, as atomic ids). The prefix still groups similar items, coarse to fine, while the
     token that names an item in a prompt, and that the last decoding step picks, belongs to that item alone:
-    a small model learns item-to-item transitions on it as it does on atomic ids (README, "Item identifiers").
+    a small model learns item-to-item transitions on it as it does on atomic ids (docs/vip5.md, "Item identifiers").
     """
     if leaf == "shared":
         return codes
