@@ -13,20 +13,26 @@ Layout (as released with P5/VIP5), all in one folder:
 Every optional file that is absent is recorded in ``Corpus.missing`` with what it disables; with
 sequential_data.txt alone the corpus is complete for the sequential and direct tasks.
 Pickles are read with an allow-list unpickler (plain containers, numbers, strings, numpy scalars/arrays)
-and meta lines with ``ast.literal_eval``: neither can run code from the data files.
+and meta lines with ``ast.literal_eval``: neither can run code from the data files. A file that is present
+but unreadable (bytes that are not UTF-8, a malformed line, bad JSON, a corrupt pickle) raises DataError
+naming the file and, for text files, the line (``common.data._source``).
 """
 
 from __future__ import annotations
 
-import ast
-import gzip
-import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
-from common.data._source import is_url, local_images, require_folder
+from common.data._source import (
+    is_url,
+    load_pickle,
+    local_images,
+    parse_record,
+    read_json,
+    require_folder,
+    text_lines,
+)
 from common.data.corpus import Corpus, DataError, Item, Review, User
 
 SEQUENTIAL = "sequential_data.txt"
@@ -59,65 +65,27 @@ def _how_to_get(root: Path, name: str) -> str:
     )
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles only data: builtin containers and scalars, OrderedDict/defaultdict, numpy scalars and arrays."""
-
-    ALLOWED = {
-        ("builtins", n)
-        for n in ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
-                  "complex", "bool", "slice")
-    } | {
-        ("collections", "OrderedDict"),
-        ("collections", "defaultdict"),
-        ("copyreg", "_reconstructor"),
-        ("numpy", "dtype"),
-        ("numpy", "ndarray"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only plain data is allowed)")
-        return super().find_class(module, name)
-
-
-def load_pickle(path: Path) -> Any:
-    """Load a data-only pickle; anything that would import other code raises DataError."""
-    try:
-        with open(path, "rb") as f:
-            return _SafeUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise DataError(f"{path}: cannot read pickle: {e}") from e
-
-
 def read_sequences(path: Path) -> dict[str, list[str]]:
     """Parse ``uid iid1 ... iidn`` lines; ids must be integers, each uid once, at least one item."""
     sequences: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            toks = line.split()
-            if not toks:
-                continue
-            if len(toks) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'uid iid1 ... iidn', got {line.strip()!r}")
-            bad = next((t for t in toks if not t.isdigit()), None)
-            if bad is not None:
-                raise DataError(f"{path}:{lineno}: non-integer id {bad!r}")
-            if toks[0] in sequences:
-                raise DataError(f"{path}:{lineno}: duplicate user id {toks[0]!r}")
-            sequences[toks[0]] = toks[1:]
+    for lineno, line in text_lines(path):
+        toks = line.split()
+        if not toks:
+            continue
+        if len(toks) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'uid iid1 ... iidn', got {line.strip()!r}")
+        bad = next((t for t in toks if not t.isdigit()), None)
+        if bad is not None:
+            raise DataError(f"{path}:{lineno}: non-integer id {bad!r}")
+        if toks[0] in sequences:
+            raise DataError(f"{path}:{lineno}: duplicate user id {toks[0]!r}")
+        sequences[toks[0]] = toks[1:]
     return sequences
 
 
 def _read_datamaps(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Return (id2user, id2item): file id -> raw id."""
-    try:
-        maps = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from e
+    maps = read_json(path)
     if not isinstance(maps, dict):
         raise DataError(f"{path}: expected a JSON object with user2id/item2id/id2user/id2item")
 
@@ -145,32 +113,25 @@ _ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
 
 def _read_meta(path: Path, asin2item: dict[str, Item]) -> None:
     """Fill title/description/categories (and imUrl as a last-resort image) of the items in ``asin2item``."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            m = _ASIN_RE.search(line)
-            if m and m.group(1) not in asin2item:
-                continue  # the raw meta file covers the whole category; skip rows we do not need unparsed
-            try:
-                row = ast.literal_eval(line)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a dict literal: {e}") from None
-            if not isinstance(row, dict) or "asin" not in row:
-                raise DataError(f"{path}:{lineno}: expected a dict with an 'asin' key")
-            item = asin2item.get(str(row["asin"]))
-            if item is None:
-                continue
-            if isinstance(row.get("title"), str) and row["title"].strip():
-                item.title = row["title"].strip()
-            if isinstance(row.get("description"), str) and row["description"].strip():
-                item.description = row["description"].strip()
-            item.categories = _flatten_categories(row.get("categories", []))
-            if item.image is None and isinstance(row.get("imUrl"), str) and row["imUrl"]:
-                item.image = row["imUrl"]
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        m = _ASIN_RE.search(line)
+        if m and m.group(1) not in asin2item:
+            continue  # the raw meta file covers the whole category; skip rows we do not need unparsed
+        row = parse_record(path, lineno, line)
+        if "asin" not in row:
+            raise DataError(f"{path}:{lineno}: expected a dict with an 'asin' key")
+        item = asin2item.get(str(row["asin"]))
+        if item is None:
+            continue
+        if isinstance(row.get("title"), str) and row["title"].strip():
+            item.title = row["title"].strip()
+        if isinstance(row.get("description"), str) and row["description"].strip():
+            item.description = row["description"].strip()
+        item.categories = _flatten_categories(row.get("categories", []))
+        if item.image is None and isinstance(row.get("imUrl"), str) and row["imUrl"]:
+            item.image = row["imUrl"]
 
 
 def _review(path: Path, split: str, n: int, row: Any, user2id: dict[str, str], item2id: dict[str, str]) -> Review:
@@ -226,22 +187,21 @@ def _read_exp_splits(path: Path, user2id: dict[str, str], item2id: dict[str, str
 def read_negatives(path: Path, users: dict, items: dict) -> dict[str, list[str]]:
     """Parse ``uid neg1 ... negk`` lines; unknown users or items raise DataError with the line number."""
     negatives: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            toks = line.split()
-            if not toks:
-                continue
-            if len(toks) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'uid neg1 ... negk', got {line.strip()!r}")
-            uid, negs = toks[0], toks[1:]
-            if uid not in users:
-                raise DataError(f"{path}:{lineno}: unknown user {uid!r}")
-            if uid in negatives:
-                raise DataError(f"{path}:{lineno}: duplicate user id {uid!r}")
-            bad = next((i for i in negs if i not in items), None)
-            if bad is not None:
-                raise DataError(f"{path}:{lineno}: unknown item {bad!r}")
-            negatives[uid] = negs
+    for lineno, line in text_lines(path):
+        toks = line.split()
+        if not toks:
+            continue
+        if len(toks) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'uid neg1 ... negk', got {line.strip()!r}")
+        uid, negs = toks[0], toks[1:]
+        if uid not in users:
+            raise DataError(f"{path}:{lineno}: unknown user {uid!r}")
+        if uid in negatives:
+            raise DataError(f"{path}:{lineno}: duplicate user id {uid!r}")
+        bad = next((i for i in negs if i not in items), None)
+        if bad is not None:
+            raise DataError(f"{path}:{lineno}: unknown item {bad!r}")
+        negatives[uid] = negs
     return negatives
 
 

@@ -69,7 +69,7 @@ def features(
     root: Path,
     source: Literal["amazon", "pog", "movielens"] = "amazon",
     encoder: str = "vitb32",
-    missing: Literal["zero", "error"] = "zero",
+    missing: Literal["zero", "error"] = "error",
     batch_size: int = 64,
 ) -> None:
     """Extract CLIP image features for every item (cached under ``<root>/features``).
@@ -78,7 +78,8 @@ def features(
         root: data folder.
         source: data source format.
         encoder: encoder preset (rn50, rn101, vitb32, vitb16, vitl14, demo-tiny).
-        missing: policy for items without a readable image.
+        missing: items without an image file or with an undecodable one: ``error`` stops naming the first file;
+            ``zero`` gives them zero vectors, counted in the printed report.
         batch_size: images per batch.
     """
     from common.data.features import ENCODERS, extract_features
@@ -87,7 +88,7 @@ def features(
     corpus = read_corpus(source, root)
     items = [(iid, corpus.image_path(iid)) for iid in corpus.item_ids]
     feats = extract_features(items, ENCODERS[encoder], root / "features", batch_size=batch_size, missing=missing)
-    print(f"features: {tuple(feats.matrix.shape)} for {len(items)} items")
+    print(f"features: {feats.report()}")
 
 
 def main(args: list[str] | None = None) -> None:

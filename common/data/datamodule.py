@@ -108,7 +108,9 @@ class RecDataModule(L.LightningDataModule):
         image_encoder: CLIP encoder preset for item-image features (``vitb32``, ``rn50``, ``demo-tiny`` ...)
             or None for no images. Features are extracted once in ``prepare_data`` and cached under
             ``<data_dir>/features``.
-        missing_images: ``zero`` (zero vector, counted in the feature report) or ``error``.
+        missing_images: what an item without an image file, or with one that cannot be decoded, gets: ``error``
+            (default) stops feature extraction with a DataError naming the item and the file; ``zero`` gives it
+            a zero vector, counted in the feature report (``missing`` / ``unreadable`` in the ``.json`` sidecar).
         batch_size: training batch size per device.
         eval_batch_size: validation/test/predict batch size (defaults to ``batch_size``).
         num_workers: DataLoader workers (0 keeps 2-core machines from oversubscribing).
@@ -130,7 +132,7 @@ class RecDataModule(L.LightningDataModule):
         indexing: str = "sequential",
         indexing_options: dict[str, Any] | None = None,
         image_encoder: str | None = "vitb32",
-        missing_images: Literal["zero", "error"] = "zero",
+        missing_images: Literal["zero", "error"] = "error",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -240,7 +242,9 @@ class RecDataModule(L.LightningDataModule):
             log.warning("%s: no item images found; image features disabled", corpus.name)
             return None
         items = [(iid, corpus.image_path(iid)) for iid in corpus.item_ids]
-        return extract_features(items, self._encoder(), self.features_dir, missing=self.missing_images)
+        feats = extract_features(items, self._encoder(), self.features_dir, missing=self.missing_images)
+        log.info("%s image features: %s", corpus.name, feats.report())
+        return feats
 
     def _load_features(self, corpus: Corpus):
         from common.data.features import ImageFeatures

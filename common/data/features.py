@@ -10,14 +10,15 @@ one ``.npy`` per item, with undocumented normalisation. Here:
   GPUs; every batch is written as an atomic partial file, rank 0 assembles them (the cache folder must be
   shared by all ranks, as it is on one node), so an interrupted run resumes where it stopped;
 - the result is ``<cache_dir>/<arch>__<pretrained>.npy`` (float32, rows in item order) plus a ``.json`` sidecar
-  recording item ids, encoder, dim, whether rows are L2-normalised (default yes), items without an image
-  (zero rows under the ``zero`` policy) and the matrix's sha256;
+  recording item ids, encoder, dim, whether rows are L2-normalised (default yes), items without an image file
+  and items whose image cannot be decoded (zero rows under the ``zero`` policy; the default ``error`` policy
+  stops at the first one, naming it) and the matrix's sha256;
 - :class:`ImageFeatures` holds the matrix in memory (one tensor instead of VIP5's per-sample ``np.load``), checks it
   against the item catalogue and aligns rows to any item order.
 
 The cache is keyed by encoder only, so use one ``cache_dir`` per data set. It is reused while the item ids, the
 set of items without images and the normalisation agree; delete the files to force a re-extraction after
-images changed.
+images changed (a repaired unreadable image included).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.data._source import read_json
 from common.data.corpus import DataError
 from common.io import atomic_open, save_numpy, write_json
 
@@ -234,7 +236,8 @@ class ImageFeatures:
     Attributes:
         matrix: float32 tensor, one row per item in ``item_ids`` order.
         item_ids: item id of each row.
-        missing: items without an image (zero rows).
+        missing: items without an image file (zero rows).
+        unreadable: items whose image file could not be decoded (zero rows).
         normalized: rows are L2-normalised (None when unknown).
         encoder: ``{"arch", "pretrained"}`` of the encoder, when known.
         path: the file the matrix was read from (named in error messages).
@@ -248,6 +251,7 @@ class ImageFeatures:
         normalized: bool | None = None,
         encoder: dict[str, Any] | None = None,
         path: Path | None = None,
+        unreadable: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.matrix = torch.as_tensor(matrix).float()
@@ -261,6 +265,7 @@ class ImageFeatures:
         if len(self._rows) != len(self.item_ids):
             raise DataError(f"{self._where}: repeated item ids")
         self.missing = list(missing)
+        self.unreadable = list(unreadable)
         self.normalized = normalized
         self.encoder = encoder
 
@@ -276,7 +281,17 @@ class ImageFeatures:
         return len(self.item_ids)
 
     def __repr__(self) -> str:
-        return f"ImageFeatures({len(self)} items x {self.dim}, encoder={self.encoder}, missing={len(self.missing)})"
+        return (
+            f"ImageFeatures({len(self)} items x {self.dim}, encoder={self.encoder}, missing={len(self.missing)}, "
+            f"unreadable={len(self.unreadable)})"
+        )
+
+    def report(self) -> str:
+        """One line for logs and the CLI: size, and how many rows are zero vectors and why."""
+        return (
+            f"{len(self)} items x {self.dim}; zero vectors: {len(self.missing)} without an image, "
+            f"{len(self.unreadable)} with an unreadable image"
+        )
 
     def row(self, item_id: str) -> torch.Tensor:
         """The feature vector of one item."""
@@ -337,8 +352,8 @@ class ImageFeatures:
                 f"no image features at {npy} (+ .json); extract them first, e.g. "
                 "`vip5-data features --root <data dir> --encoder <preset>`"
             )
+        meta = read_json(side)
         try:
-            meta = json.loads(side.read_text())
             matrix = np.load(npy, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise DataError(f"{npy}: unreadable feature cache ({e}); delete it and re-extract") from e
@@ -356,6 +371,7 @@ class ImageFeatures:
             normalized=meta.get("normalized"),
             encoder=meta.get("encoder"),
             path=npy,
+            unreadable=meta.get("unreadable", []),
         )
 
     @classmethod
@@ -389,12 +405,24 @@ def _is_local_file(ref: str | os.PathLike | None) -> bool:
     return ref is not None and "://" not in str(ref) and Path(ref).is_file()
 
 
-def _check_image(path: str, item_id: str) -> None:
+_ZERO_HINT = "; set missing_images: zero (vip5-data features --missing zero) to give such items a zero vector"
+
+
+def _unreadable(path: str, item_id: str, e: Exception, hint: str = "") -> DataError:
+    """A DataError naming the image file that PIL could not read (``e``, kept as the cause)."""
+    err = DataError(f"{path}: the image of item {item_id!r} cannot be read ({type(e).__name__}: {e}){hint}")
+    err.__cause__ = e
+    return err
+
+
+def _check_image(path: str, item_id: str, hint: str = "") -> DataError | None:
+    """The error for an image file whose structure PIL rejects (a quick check: no full decode), else None."""
     try:
         with Image.open(path) as im:
             im.verify()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-        raise DataError(f"{path}: the image of item {item_id!r} cannot be read ({type(e).__name__}: {e})") from e
+        return _unreadable(path, item_id, e, hint)
+    return None
 
 
 def load_rgb(path: str, item_id: str = "?") -> Image.Image:
@@ -403,20 +431,38 @@ def load_rgb(path: str, item_id: str = "?") -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except Exception as e:
-        raise DataError(f"{path}: the image of item {item_id!r} cannot be read ({type(e).__name__}: {e})") from e
+        raise _unreadable(path, item_id, e) from e
 
 
 class ImageDataset(Dataset):
-    """(position, preprocessed image) for a list of image files."""
+    """(position, preprocessed image, decoded) for a list of image files.
 
-    def __init__(self, paths: Sequence[str], item_ids: Sequence[str], transform: Callable) -> None:
+    An image that fails to decode raises DataError naming the file (``on_error="raise"``), or becomes a black
+    placeholder with ``decoded=False`` (``on_error="zero"``), whose row is then replaced by a zero vector.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        item_ids: Sequence[str],
+        transform: Callable,
+        on_error: Literal["raise", "zero"] = "raise",
+    ) -> None:
         self.paths, self.item_ids, self.transform = list(paths), list(item_ids), transform
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, self.transform(load_rgb(self.paths[i], self.item_ids[i]))
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, bool]:
+        try:
+            image = load_rgb(self.paths[i], self.item_ids[i])
+        except DataError as e:
+            if self.on_error == "raise":
+                raise DataError(f"{e}{_ZERO_HINT}") from e.__cause__
+            log.warning("%s; its features become a zero vector", e)
+            return i, self.transform(Image.new("RGB", (8, 8))), False
+        return i, self.transform(image), True
 
 
 class ClipImageModule(L.LightningModule):
@@ -429,13 +475,13 @@ class ClipImageModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        _, images = batch
-        return self(images).float()
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch[1]).float()
 
 
 class PartialWriter(BasePredictionWriter):
-    """Writes each predicted batch as an atomic ``.npz`` (item ids + raw features), so a rerun can skip it."""
+    """Writes each predicted batch as an atomic ``.npz`` (item ids, raw features, decoded flags), so a rerun can
+    skip it."""
 
     def __init__(self, folder: Path, item_ids: Sequence[str]) -> None:
         super().__init__(write_interval="batch")
@@ -446,17 +492,26 @@ class PartialWriter(BasePredictionWriter):
         positions = batch[0].tolist()
         name = f"part-{self.token}-r{trainer.global_rank}-b{batch_idx:06d}.npz"
         with atomic_open(self.folder / name, "wb") as f:
-            np.savez(f, ids=np.array([self.item_ids[p] for p in positions]), feat=prediction.float().cpu().numpy())
+            np.savez(
+                f,
+                ids=np.array([self.item_ids[p] for p in positions]),
+                feat=prediction.float().cpu().numpy(),
+                decoded=batch[2].cpu().numpy().astype(bool),
+            )
 
 
-def _read_partials(folder: Path) -> dict[str, tuple[np.ndarray, bool]]:
-    """Item id -> (feature row, row already L2-normalised) from every partial file in ``folder``."""
-    done: dict[str, tuple[np.ndarray, bool]] = {}
+def _read_partials(folder: Path) -> dict[str, tuple[np.ndarray, bool, bool]]:
+    """Item id -> (feature row, row already L2-normalised, image decoded) from every partial file in ``folder``."""
+    done: dict[str, tuple[np.ndarray, bool, bool]] = {}
     for f in sorted(folder.glob("part-*.npz")):
         try:
             with np.load(f, allow_pickle=False) as z:
                 normed = bool(z["normalized"]) if "normalized" in z.files else False
-                done.update((i, (row, normed)) for i, row in zip(z["ids"].tolist(), z["feat"]))
+                ids = z["ids"].tolist()
+                decoded = z["decoded"].tolist() if "decoded" in z.files else [True] * len(ids)
+                for i, row, ok in zip(ids, z["feat"], decoded):
+                    if ok or i not in done:  # a decoded row wins over a placeholder from an earlier run
+                        done[i] = (row, normed, bool(ok))
         except (ValueError, OSError, KeyError) as e:  # cannot happen with atomic writes; be safe anyway
             log.warning("ignoring unreadable partial %s (%s)", f, e)
     return done
@@ -473,10 +528,11 @@ def _run_predict(
     batch_size: int,
     num_workers: int,
     trainer_kwargs: dict[str, Any] | None,
+    missing: Literal["zero", "error"],
 ) -> L.Trainer:
     visual, preprocess = encoder.build()
     ids = [i for i, _ in pending]
-    data = ImageDataset([p for _, p in pending], ids, preprocess)
+    data = ImageDataset([p for _, p in pending], ids, preprocess, on_error="zero" if missing == "zero" else "raise")
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     kwargs: dict[str, Any] = {
         "accelerator": "auto",
@@ -497,7 +553,7 @@ def extract_features(
     encoder: ClipEncoder | tuple[str, str | None] | str,
     cache_dir: Path,
     batch_size: int = 64,
-    missing: Literal["zero", "error"] = "zero",
+    missing: Literal["zero", "error"] = "error",
     trainer_kwargs: dict[str, Any] | None = None,
     normalize: bool = True,
     num_workers: int = 0,
@@ -509,7 +565,9 @@ def extract_features(
         encoder: a :class:`ClipEncoder`, an (arch, pretrained) pair or a preset name from :data:`ENCODERS`.
         cache_dir: folder of the cache (one per data set); gets ``<arch>__<pretrained>.npy`` and ``.json``.
         batch_size: images per forward pass (and per partial file).
-        missing: items without an image get a zero row and are listed (``zero``), or raise (``error``).
+        missing: what happens to an item without an image file or whose image cannot be decoded: ``error``
+            (default) raises DataError naming the item and the file; ``zero`` gives it a zero row, listed in the
+            sidecar (``missing``, ``unreadable``) and counted by :meth:`ImageFeatures.report`.
         trainer_kwargs: Lightning ``Trainer`` arguments (``accelerator``, ``devices``, ``strategy``,
             ``precision`` ...); defaults: auto accelerator, 1 device, no logger or checkpoints.
         normalize: L2-normalise the rows (recorded in the sidecar).
@@ -519,8 +577,8 @@ def extract_features(
         The features (also on disk). A complete cache for the same items is returned without running the model.
 
     Raises:
-        DataError: repeated item ids; a missing image under ``missing="error"`` (names item and path); an image
-            file that cannot be decoded (names the file).
+        DataError: repeated item ids; under ``missing="error"`` an item without an image file or with an image
+            file that cannot be decoded (names the item and the file).
         WeightsNotFoundError: pretrained weights unavailable offline (the message says what to download).
     """
     enc = _as_encoder(encoder)
@@ -532,12 +590,13 @@ def extract_features(
     if len(set(ids)) != len(ids):
         raise DataError(f"extract_features: repeated item ids in the item list for {npy}")
     refs = [None if p is None else str(p) for _, p in items]
+    path_of = dict(zip(ids, refs))
     absent = [iid for iid, ref in zip(ids, refs) if not _is_local_file(ref)]
     if missing == "error" and absent:
         first = absent[0]
         raise DataError(
-            f"item {first!r} has no image file ({refs[ids.index(first)]!r}); {len(absent)} of {len(ids)} items "
-            "lack one. Download the images or use missing='zero'"
+            f"item {first!r} has no image file ({path_of[first]!r}); {len(absent)} of {len(ids)} items "
+            f"lack one. Download the images{_ZERO_HINT}"
         )
 
     partial_dir = cache_dir / f"{enc.cache_stem}.partial"
@@ -549,11 +608,20 @@ def extract_features(
             cached = None
         if cached is not None and cached.normalized == normalize:
             if set(cached.item_ids) == set(ids) and set(cached.missing) == set(absent):
+                if missing == "error" and cached.unreadable:
+                    first = cached.unreadable[0]
+                    raise DataError(
+                        f"{path_of[first]}: the image of item {first!r} could not be decoded when {npy} was "
+                        f"extracted ({len(cached.unreadable)} such items have zero vectors there); repair the "
+                        f"images and delete {npy.name} to extract again{_ZERO_HINT}"
+                    )
                 if cached.item_ids == ids:
                     return cached
-                return ImageFeatures(cached.align(ids), ids, absent, normalize, cached.encoder, npy)
+                bad = set(cached.unreadable)
+                return ImageFeatures(cached.align(ids), ids, absent, normalize, cached.encoder, npy,
+                                     unreadable=[i for i in ids if i in bad])
             # another item list or newly found images: keep the rows that are still valid as a partial
-            valid = set(ids) - set(absent) - set(cached.missing)
+            valid = set(ids) - set(absent) - set(cached.missing) - set(cached.unreadable)
             keep = [i for i in cached.item_ids if i in valid]
             if keep:
                 with atomic_open(partial_dir / f"part-cache-{uuid.uuid4().hex[:8]}.npz", "wb") as f:
@@ -562,31 +630,48 @@ def extract_features(
 
     partial_dir.mkdir(parents=True, exist_ok=True)
     done = _read_partials(partial_dir)
+    if missing == "error":  # images an interrupted zero-policy run could not decode are tried again (and raise)
+        done = {i: v for i, v in done.items() if v[2]}
     absent_set = set(absent)
-    pending = [(i, r) for i, r in zip(ids, refs) if i not in absent_set and i not in done]
+    pending: list[tuple[str, str]] = []
+    broken: set[str] = set()  # rejected by the quick check below, never sent to the model
+    for iid, ref in zip(ids, refs):
+        if iid in absent_set or iid in done:
+            continue
+        # checked before any model is built: a DataLoader error would hang DDP ranks
+        error = _check_image(ref, iid, _ZERO_HINT if missing == "error" else "")
+        if error is None:
+            pending.append((iid, ref))
+        elif missing == "error":
+            raise error
+        else:
+            log.warning("%s; its features become a zero vector", error)
+            broken.add(iid)
     is_zero = True
     if pending:
-        for iid, ref in pending:
-            _check_image(ref, iid)  # fail before any model is built; a DataLoader error would hang DDP ranks
         log.info(
             "extracting %s features for %d images (%d cached in partials)", enc.cache_stem, len(pending), len(done)
         )
-        trainer = _run_predict(pending, enc, partial_dir, batch_size, num_workers, trainer_kwargs)
+        trainer = _run_predict(pending, enc, partial_dir, batch_size, num_workers, trainer_kwargs, missing)
         trainer.strategy.barrier("image-features-written")
         is_zero = trainer.is_global_zero
         if is_zero:
             done = _read_partials(partial_dir)
     if is_zero:
-        _assemble(ids, absent_set, done, enc, normalize, npy, side, partial_dir)
+        _assemble(ids, absent_set, broken, done, enc, normalize, npy, side, partial_dir)
     if pending:
         trainer.strategy.barrier("image-features-assembled")
-    return ImageFeatures.load(npy)
+    feats = ImageFeatures.load(npy)
+    if feats.missing or feats.unreadable:
+        log.warning("%s: %s", npy, feats.report())
+    return feats
 
 
 def _assemble(
     ids: list[str],
     absent: set[str],
-    done: dict[str, tuple[np.ndarray, bool]],
+    broken: set[str],
+    done: dict[str, tuple[np.ndarray, bool, bool]],
     enc: ClipEncoder,
     normalize: bool,
     npy: Path,
@@ -594,14 +679,16 @@ def _assemble(
     partial_dir: Path,
 ) -> None:
     """Rank 0: partial rows + zero rows -> the final matrix (atomic), then drop the partials."""
-    lost = [i for i in ids if i not in absent and i not in done]
+    lost = [i for i in ids if i not in absent and i not in broken and i not in done]
     if lost:
         raise RuntimeError(f"{partial_dir}: no features were written for {len(lost)} items (first: {lost[:3]})")
+    unreadable = [i for i in ids if i not in absent and (i in broken or not done[i][2])]
+    zero = absent | set(unreadable)
     dim = len(next(iter(done.values()))[0]) if done else enc.output_dim()
     matrix = np.zeros((len(ids), dim), dtype=np.float32)
     for n, i in enumerate(ids):
-        if i not in absent:
-            row, normed = done[i]
+        if i not in zero:
+            row, normed, _ = done[i]
             matrix[n] = _normalize(row[None])[0] if normalize and not normed else row
     save_numpy(npy, matrix)
     write_json(
@@ -615,9 +702,10 @@ def _assemble(
             "normalized": normalize,
             "features": "open_clip encode_image output" + (", L2-normalised" if normalize else ""),
             "missing": [i for i in ids if i in absent],
+            "unreadable": unreadable,
             "sha256": _sha256(matrix),
             "item_ids": ids,
         },
     )
     shutil.rmtree(partial_dir, ignore_errors=True)
-    log.info("wrote %s (%d x %d, %d without image)", npy, len(ids), dim, len(absent))
+    log.info("wrote %s (%d x %d, %d without image, %d unreadable)", npy, len(ids), dim, len(absent), len(unreadable))

@@ -13,11 +13,8 @@ where the Amazon reader looks for them.
 
 from __future__ import annotations
 
-import ast
-import gzip
 import io
 import logging
-import pickle
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +26,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from common.data._source import load_pickle, parse_record, text_lines
 from common.data.corpus import DataError
 from common.io import write_bytes, write_json
 
@@ -208,20 +206,15 @@ def amazon_image_urls(root: Path) -> dict[str, str]:
     root = Path(root)
     img_dict, meta = root / "item2img_dict.pkl", root / "meta.json.gz"
     if img_dict.is_file():
-        with open(img_dict, "rb") as f:
-            raw = pickle.load(f)
+        raw = load_pickle(img_dict)
         if not isinstance(raw, dict):
             raise DataError(f"{img_dict}: expected a dict ASIN -> image URL, got {type(raw).__name__}")
     elif meta.is_file():
         raw = {}
-        with gzip.open(meta, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = ast.literal_eval(line)
-                    except (ValueError, SyntaxError) as e:
-                        raise DataError(f"{meta}:{n}: not a Python dict literal ({e})") from e
-                    raw[row.get("asin")] = row.get("imUrl")
+        for n, line in text_lines(meta):
+            if line.strip():
+                row = parse_record(meta, n, line)
+                raw[row.get("asin")] = row.get("imUrl")
     else:
         raise DataError(f"{root}: neither item2img_dict.pkl nor meta.json.gz, so no image URLs are known")
     return {str(k): v for k, v in raw.items() if k and isinstance(v, str) and "://" in v}

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.data._source import read_json
 from common.data.corpus import Corpus, DataError
 from common.data.splits import LeaveOneOut, leave_one_out
 from common.io import write_json
@@ -99,8 +100,8 @@ class ItemIndex:
     @classmethod
     def load(cls, path: str | Path) -> ItemIndex:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            return cls.from_dict(read_json(path))
+        except (KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path}: not an item index file: {e}") from e
 
 

@@ -17,7 +17,7 @@ import csv
 from pathlib import Path
 from typing import Literal
 
-from common.data._source import local_images, require_folder
+from common.data._source import local_images, require_folder, text_lines
 from common.data.corpus import Corpus, DataError, Item, Review, User
 
 HOW_TO_GET = (
@@ -27,9 +27,12 @@ HOW_TO_GET = (
 
 
 def _rows(path: Path, columns: tuple[str, ...]):
-    """Yield (line number, row dict) of a CSV with a header containing ``columns``."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    """Yield (line number, row dict) of a CSV with a header containing ``columns``.
+
+    The line number is that of the row's last line (a quoted field may span lines).
+    """
+    reader = csv.DictReader(line for _, line in text_lines(path))
+    try:
         absent = [c for c in columns if c not in (reader.fieldnames or [])]
         if absent:
             raise DataError(f"{path}:1: header lacks column(s) {absent}; found {reader.fieldnames}")
@@ -37,6 +40,8 @@ def _rows(path: Path, columns: tuple[str, ...]):
             if None in row or any(row[c] is None for c in columns):
                 raise DataError(f"{path}:{reader.line_num}: expected columns {list(columns)}, got a malformed row")
             yield reader.line_num, row
+    except csv.Error as e:  # e.g. an oversized field; DictReader.line_num lags behind on errors
+        raise DataError(f"{path}:{reader.reader.line_num}: malformed CSV ({e})") from None
 
 
 def _movies(root: Path, links: dict[str, str], posters: dict[str, str]) -> dict[str, Item]:

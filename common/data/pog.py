@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data._source import local_images, require_folder
+from common.data._source import local_images, require_folder, text_lines
 from common.data.corpus import Corpus, DataError, Item, User
 
 USER_DATA = "user_data.txt"
@@ -39,20 +39,19 @@ def _read_users(path: Path, history_len: int | None) -> tuple[dict[str, list[str
     """Return (sequences, item id -> first line that names it)."""
     sequences: dict[str, list[str]] = {}
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.split(",")
-            if len(fields) != 3 or not fields[0]:
-                raise DataError(f"{path}:{lineno}: expected 'user_id,item;item;...,outfit_id', got {line!r}")
-            clicks = [i.strip() for i in fields[1].split(";")]
-            seq = sequences.setdefault(fields[0], [])  # a user on several lines: histories are concatenated
-            for iid in clicks:
-                if iid and (not seq or seq[-1] != iid):
-                    seq.append(iid)
-                    first_line.setdefault(iid, lineno)
+    for lineno, line in text_lines(path):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split(",")
+        if len(fields) != 3 or not fields[0]:
+            raise DataError(f"{path}:{lineno}: expected 'user_id,item;item;...,outfit_id', got {line!r}")
+        clicks = [i.strip() for i in fields[1].split(";")]
+        seq = sequences.setdefault(fields[0], [])  # a user on several lines: histories are concatenated
+        for iid in clicks:
+            if iid and (not seq or seq[-1] != iid):
+                seq.append(iid)
+                first_line.setdefault(iid, lineno)
     if history_len is not None:
         sequences = {u: s[-history_len:] for u, s in sequences.items()}
     return sequences, first_line
@@ -83,25 +82,24 @@ def read_pog(root: Path, history_len: int | None = None, name: str = "pog") -> C
 
     items: dict[str, Item] = {}
     path = root / ITEM_DATA
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split(",", 3)
-            if len(fields) != 4 or not fields[0].strip():
-                raise DataError(f"{path}:{lineno}: expected 'item_id,cate_id,pic_url,title', got {line!r}")
-            iid, cate, url, title = (x.strip() for x in fields)
-            if iid in items:
-                raise DataError(f"{path}:{lineno}: duplicate item id {iid!r}")
-            if iid not in clicked:
-                continue
-            items[iid] = Item(
-                iid,
-                title=title or None,
-                categories=[cate] if cate else [],
-                image=local.get(iid) or normalise_url(url),
-            )
+    for lineno, line in text_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split(",", 3)
+        if len(fields) != 4 or not fields[0].strip():
+            raise DataError(f"{path}:{lineno}: expected 'item_id,cate_id,pic_url,title', got {line!r}")
+        iid, cate, url, title = (x.strip() for x in fields)
+        if iid in items:
+            raise DataError(f"{path}:{lineno}: duplicate item id {iid!r}")
+        if iid not in clicked:
+            continue
+        items[iid] = Item(
+            iid,
+            title=title or None,
+            categories=[cate] if cate else [],
+            image=local.get(iid) or normalise_url(url),
+        )
     unknown = sorted(clicked - set(items), key=first_line.__getitem__)
     if unknown:
         raise DataError(

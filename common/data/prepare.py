@@ -22,6 +22,9 @@ Deliberate differences from the notebook (none changes a result on the released,
 - reviews of users/items removed by the filter are left out (the notebook assumed there were none); split
   indices index the kept reviews in file order.
 - ``meta.json.gz`` and ``item2img_dict.pkl`` (VIP5's additions, not built by the P5 notebook) are written too.
+- meta lines are read with ``ast.literal_eval`` (the notebook used ``eval``) and the Sentires pickle with the
+  readers' allow-list unpickler, so neither can run code; an undecodable or malformed line raises DataError
+  naming the file and the line.
 
 Every file is written into a temporary folder inside ``out`` and moved into place when all are complete; a
 ``_DONE`` marker (the report plus the settings) is written last, so an interrupted run is simply redone.
@@ -29,9 +32,7 @@ Every file is written into a temporary folder inside ``out`` and moved into plac
 
 from __future__ import annotations
 
-import ast
 import gzip
-import io
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from common.data._source import load_pickle, parse_record, read_json, text_lines
 from common.data.corpus import DataError
 from common.io import atomic_open, write_bytes, write_json, write_text
 
@@ -57,39 +59,17 @@ _ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
 
 
 # -- reading --------------------------------------------------------------------------------------
-def _open_text(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-empty lines with their 1-based numbers (for error messages)."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if line:
-                yield n, line
-
-
-def _parse(path: Path, n: int, line: str) -> dict:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        try:  # the 2014 meta files are Python dict literals (P5 used eval)
-            obj = ast.literal_eval(line)
-        except (ValueError, SyntaxError) as e:
-            raise DataError(f"{path}:{n}: not a JSON object or Python dict literal ({e})") from e
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}:{n}: expected one object per line, got {type(obj).__name__}")
-    return obj
+def _records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, record) of every non-empty line; bad bytes or records name the file and line."""
+    for n, line in text_lines(path):
+        if line.strip():
+            yield n, parse_record(path, n, line)
 
 
 def read_reviews(path: Path) -> list[dict]:
     """All review records of ``reviews_<Category>_5.json.gz`` in file order."""
     out = []
-    for n, line in _lines(path):
-        r = _parse(path, n, line)
+    for n, r in _records(path):
         for key in ("reviewerID", "asin", "unixReviewTime"):
             if key not in r:
                 raise DataError(f"{path}:{n}: review has no {key!r}")
@@ -102,11 +82,11 @@ def read_reviews(path: Path) -> list[dict]:
 def read_meta(path: Path, asins: set[str]) -> dict[str, dict]:
     """Meta rows of the given ASINs, in file order (a repeated ASIN keeps its first position, last row wins)."""
     out: dict[str, dict] = {}
-    for n, line in _lines(path):
+    for n, line in text_lines(path):
         m = _ASIN.search(line)
-        if m is not None and m.group(1) not in asins:
+        if not line.strip() or (m is not None and m.group(1) not in asins):
             continue  # skip parsing the (many) rows of items outside the 5-core
-        row = _parse(path, n, line)
+        row = parse_record(path, n, line)
         if row.get("asin") in asins:
             out[row["asin"]] = row
     return out
@@ -220,10 +200,10 @@ def attach_explanations(all_reviews: list[dict], kept: list[int], sentires: Path
 
     P5 read ``reviews_<Category>.pickle`` as a list aligned with the review file (keys ``user``/``item``,
     ``sentence`` = [(feature, adjective, sentence, score), ...]). A list of another length is matched by
-    (user, item) instead; ``reviewerID``/``asin`` keys are accepted too.
+    (user, item) instead; ``reviewerID``/``asin`` keys are accepted too. The pickle is read as plain data only
+    (:func:`common.data._source.load_pickle`).
     """
-    with open(sentires, "rb") as f:
-        raw = pickle.load(f)
+    raw = load_pickle(sentires)
     if not isinstance(raw, list):
         raise DataError(f"{sentires}: expected a list of dicts (Sentires output), got {type(raw).__name__}")
     if len(raw) == len(all_reviews):
@@ -337,7 +317,7 @@ def prepare_amazon(
     )
     done = out / DONE
     if done.exists() and not overwrite:
-        finished = json.loads(done.read_text())
+        finished = read_json(done)
         if finished.get("settings") != settings:
             raise FileExistsError(
                 f"{out} was prepared with {finished.get('settings')}, not {settings}; pass overwrite=True to rebuild"

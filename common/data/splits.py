@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.data._source import text_lines
 from common.data.corpus import Corpus, DataError, Review
 from common.io import write_text
 
@@ -110,11 +111,13 @@ def _sample(items: list[str], exclude: set[str], n: int, rng: random.Random) -> 
 
 def _read_cache(path: Path, corpus: Corpus, users: list[str], n: int) -> dict[str, list[str]]:
     cached: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    try:
+        for _, line in text_lines(path):
             toks = line.split()
             if toks:
                 cached[toks[0]] = toks[1:]
+    except DataError as e:
+        raise DataError(f"{e}; delete the file to sample new negatives") from None
     for uid in users:
         negs = cached.get(uid)
         unique = set(negs or ())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -59,7 +61,7 @@ def test_shapes_normalisation_zero_policy_and_sidecar(images, reference, tmp_pat
     assert meta["sha256"] == F._sha256(np.load(npy))
 
     holes = [*images[:3], ("none", None), ("gone", str(tmp_path / "gone.png")), ("url", "http://x.invalid/a.jpg")]
-    got = _extract(holes, tmp_path / "c")
+    got = _extract(holes, tmp_path / "c", missing="zero")
     assert got.missing == ["none", "gone", "url"]
     assert torch.equal(got.matrix[3:], torch.zeros(3, 32))
     assert torch.allclose(got.matrix[:3], feats.matrix[:3], atol=1e-6)  # same rows (batching changes the last ulp)
@@ -75,22 +77,82 @@ def test_deterministic_and_unnormalised_rows(images, reference, tmp_path):
 
 def test_error_policy_and_bad_images(images, tmp_path, monkeypatch):
     monkeypatch.setattr(ClipEncoder, "build", lambda self: pytest.fail("no model may be built"))
-    with pytest.raises(DataError, match=r"'gone'.*gone\.png"):
-        _extract([*images[:2], ("gone", str(tmp_path / "gone.png"))], tmp_path / "c", missing="error")
+    with pytest.raises(DataError, match=r"'gone'.*gone\.png.*missing_images: zero"):
+        _extract([*images[:2], ("gone", str(tmp_path / "gone.png"))], tmp_path / "c")  # error is the default
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not an image")
     with pytest.raises(DataError, match=r"bad\.png.*'b'"):
         _extract([*images[:2], ("b", str(bad))], tmp_path / "c")
     monkeypatch.undo()
     # a truncated JPEG passes the quick header check and fails while decoding in the loader: still named
-    whole = tmp_path / "whole.jpg"
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
-    cut = tmp_path / "cut.jpg"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = _truncated_jpeg(tmp_path)
     with pytest.raises(DataError, match=r"cut\.jpg.*'c'"):
         _extract([images[0], ("c", str(cut))], tmp_path / "d")
     with pytest.raises(DataError, match="repeated"):
         _extract([images[0], images[0]], tmp_path / "e")
+
+
+def _truncated_jpeg(folder):
+    whole = folder / "whole.jpg"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+    cut = folder / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
+def test_unreadable_images_are_counted_and_zeroed_under_zero(images, reference, tmp_path):
+    feats, _ = reference
+    rand = tmp_path / "rand.png"
+    rand.write_bytes(np.random.default_rng(3).bytes(300))  # random bytes named .png: fails the quick check
+    cut = _truncated_jpeg(tmp_path)  # passes the quick check, fails while decoding in the loader
+    items = [*images[:3], ("rand", str(rand)), ("none", None), ("cut", str(cut))]
+    got = _extract(items, tmp_path / "c", missing="zero")
+    assert got.missing == ["none"] and got.unreadable == ["rand", "cut"]
+    assert torch.equal(got.matrix[3:], torch.zeros(3, 32))
+    assert torch.allclose(got.matrix[:3], feats.matrix[:3], atol=1e-6)
+    assert got.report() == "6 items x 32; zero vectors: 1 without an image, 2 with an unreadable image"
+    side = json.loads(F.cache_paths(tmp_path / "c", "demo-tiny")[1].read_text())
+    assert side["missing"] == ["none"] and side["unreadable"] == ["rand", "cut"]
+    assert ImageFeatures.load(tmp_path / "c").unreadable == ["rand", "cut"]
+
+    # a cache holding zeroed unreadable images is refused under the error policy, naming the file
+    readable_or_not = [*images[:3], ("rand", str(rand)), ("cut", str(cut))]
+    _extract(readable_or_not, tmp_path / "d", missing="zero")
+    with pytest.raises(DataError, match=r"rand\.png: the image of item 'rand' could not be decoded"):
+        _extract(readable_or_not, tmp_path / "d", missing="error")
+    with pytest.raises(DataError, match=r"rand\.png: the image of item 'rand' cannot be read.*missing_images: zero"):
+        _extract(readable_or_not, tmp_path / "e")
+
+
+def test_error_is_the_default_missing_images_policy():
+    from common.data import cli
+    from common.data.datamodule import RecDataModule
+
+    assert inspect.signature(extract_features).parameters["missing"].default == "error"
+    assert inspect.signature(cli.features).parameters["missing"].default == "error"
+    assert inspect.signature(RecDataModule.__init__).parameters["missing_images"].default == "error"
+
+
+def test_datamodule_and_cli_report_unreadable_images(images, tmp_path, capsys):
+    from common.data import AmazonDataModule, cli
+
+    root = tmp_path / "shop"
+    (root / "images").mkdir(parents=True)
+    (root / "sequential_data.txt").write_text("1 1 2 3\n2 2 3 1\n")
+    for n in (1, 2):
+        shutil.copy(images[n][1], root / "images" / f"{n}.png")
+    bad = root / "images" / "3.png"
+    bad.write_bytes(b"random bytes, no PNG")
+    with pytest.raises(DataError, match=rf"{re.escape(str(bad))}: the image of item '3' cannot be read"):
+        AmazonDataModule(root, image_encoder="demo-tiny").prepare_data()
+    AmazonDataModule(root, image_encoder="demo-tiny", missing_images="zero").prepare_data()
+    feats = ImageFeatures.load(root / "features")
+    assert feats.unreadable == ["3"] and feats.missing == []
+    assert torch.equal(feats.row("3"), torch.zeros(32)) and feats.row("1").norm() > 0.99
+    cli.main(["features", str(root), "--encoder", "demo-tiny", "--missing", "zero"])
+    assert "3 items x 32; zero vectors: 0 without an image, 1 with an unreadable image" in capsys.readouterr().out
+    with pytest.raises(DataError, match=re.escape(str(bad))):
+        cli.main(["features", str(root), "--encoder", "demo-tiny"])
 
 
 def test_complete_cache_is_returned_without_the_model(images, reference, tmp_path, monkeypatch):
