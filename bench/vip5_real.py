@@ -55,22 +55,6 @@ def popularity(split, users: list[str]) -> dict[str, float]:
     return metrics_of(torch.as_tensor(ranks))
 
 
-def sasrec(corpus, split, users: list[str], seconds: float, seed: int) -> dict:
-    from vip5.sasrec import SASRec, SASRecConfig, fit_sasrec, sasrec_ranks
-
-    num = {iid: n + 1 for n, iid in enumerate(corpus.item_ids)}
-    config = SASRecConfig(seed=seed)
-    model = SASRec(len(num), config)
-    train = {u: [num[i] for i in seq] for u, seq in split.train.items()}
-    stats = fit_sasrec(model, train, config, max_seconds=seconds)
-    ranks = sasrec_ranks(model, [[num[i] for i in split.test[u][0]] for u in users],
-                         [num[split.test[u][1]] for u in users])
-    samples = stats.steps * config.batch_size  # sequences (the last batch of an epoch may be smaller)
-    return {**metrics_of(ranks), "steps": stats.steps, "epochs": round(stats.epochs, 2),
-            "seconds": round(stats.seconds, 1), "samples_per_s": round(samples / stats.seconds, 1),
-            "tokens_per_s": round(stats.targets / stats.seconds, 1)}
-
-
 def vip5(data_dir: Path, source: str, config: Path, out: Path, users: int, seconds: float, extra: list[str]) -> dict:
     import lightning as L
 
@@ -123,11 +107,11 @@ def main() -> None:
 
     from common.data.readers import read_corpus
     from common.data.splits import leave_one_out, sample_users
+    from vip5.baselines import run_sasrec
 
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="vip5_real_"))
-    kwargs = {"min_rating": 4.0} if args.source == "movielens" else {}
-    corpus = read_corpus(args.source, args.data_dir, **kwargs)
+    corpus = read_corpus(args.source, args.data_dir)  # the data modules' reader defaults
     split = leave_one_out(corpus)
     users = sample_users(list(split.test), args.users, args.seed)
     print(f"{corpus.name}: {len(split.test)} users, {len(corpus.item_ids)} items; testing {len(users)} users; "
@@ -137,10 +121,11 @@ def main() -> None:
     print("popularity:", json.dumps(pop), flush=True)
     res.update(hr10_popularity=pop["hr@10"], ndcg10_popularity=pop["ndcg@10"])
     if "sasrec" not in args.skip:
-        sas = sasrec(corpus, split, users, args.minutes * 60, args.seed)
+        sas = run_sasrec(str(args.data_dir), args.source, args.minutes, args.users, args.seed)
         print("sasrec:", json.dumps(sas), flush=True)
-        res.update(hr10_sasrec=sas["hr@10"], ndcg10_sasrec=sas["ndcg@10"], sasrec_steps=sas["steps"],
-                   sasrec_samples_per_s=sas["samples_per_s"], sasrec_tokens_per_s=sas["tokens_per_s"])
+        res.update(hr10_sasrec=round(sas["hr@10"], 5), ndcg10_sasrec=round(sas["ndcg@10"], 5),
+                   sasrec_steps=sas["steps"], sasrec_samples_per_s=sas["samples_per_s"],
+                   sasrec_tokens_per_s=sas["tokens_per_s"])
     if "vip5" not in args.skip:
         v = vip5(args.data_dir, args.source, args.config, out / "vip5", args.users, args.minutes * 60, args.extra)
         print("vip5:", json.dumps(v), flush=True)

@@ -1,6 +1,7 @@
 """Model-free baselines, scored with the same metric code as the model.
 
 * :func:`popularity_ranking`: items by training-interaction count. A model that learns must beat it.
+* :func:`run_sasrec`: SASRec (``vip5.sasrec``), the trained sequential baseline, on the same splits and metrics.
 * :func:`next_unused_id_ranking`: the id-leak heuristic (Hua et al. 2023). P5/VIP5 number items by first
   appearance along each user's full sequence, so a held-out item is often the next unused integer after the
   user's history ids. The heuristic guesses ``max+1, max+2, last+1, last+2``, then ``h+1`` for each history id h
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
 
 from common.metrics.ranking import RankingMetrics, rank_of_target
+from vip5.sasrec import SASRecConfig
 
 
 def item_popularity(train_sequences: Mapping[str, Sequence[str]]) -> Counter:
@@ -215,26 +218,73 @@ def run_baselines(
     return results
 
 
+def run_sasrec(
+    data_dir: str,
+    source: str = "amazon",
+    minutes: float | None = 40.0,
+    users: int | None = None,
+    seed: int = 2022,
+    ks: Sequence[int] = (5, 10),
+    config: SASRecConfig | None = None,
+) -> dict[str, float]:
+    """Train SASRec (``vip5.sasrec``) on the training sequences for ``minutes`` (None: ``config.max_epochs``) and
+    rank the full catalogue for the test users (all, or a fixed sample of ``users``), history excluded."""
+    from pathlib import Path
+
+    from common.data.readers import read_corpus
+    from common.data.splits import leave_one_out, sample_users
+    from vip5.sasrec import SASRec, fit_sasrec, sasrec_ranks
+
+    corpus = read_corpus(source, Path(data_dir))
+    split = leave_one_out(corpus)
+    test_users = sample_users(list(split.test), users, seed)
+    num = {iid: n + 1 for n, iid in enumerate(corpus.item_ids)}
+    config = config or SASRecConfig(seed=seed)
+    model = SASRec(len(num), config)
+    stats = fit_sasrec(model, {u: [num[i] for i in s] for u, s in split.train.items()}, config,
+                       max_seconds=None if minutes is None else minutes * 60)
+    ranks = sasrec_ranks(model, [[num[i] for i in split.test[u][0]] for u in test_users],
+                         [num[split.test[u][1]] for u in test_users])
+    metric = RankingMetrics(ks=ks)
+    metric.update(ranks)
+    seconds = max(stats.seconds, 1e-9)
+    return {**{name: float(v) for name, v in metric.compute().items()}, "n": len(test_users), "steps": stats.steps,
+            "epochs": round(stats.epochs, 2), "train_seconds": round(stats.seconds, 1),
+            "samples_per_s": round(stats.sequences / seconds, 1), "tokens_per_s": round(stats.targets / seconds, 1)}
+
+
 def main(args: list[str] | None = None) -> None:
-    """``python -m vip5.baselines --data_dir data/beauty [--indexing original] [--out baselines.json]``."""
+    """``python -m vip5.baselines --data_dir data/beauty [--model popularity|sasrec] [--out baselines.json]``."""
     import json
 
     from jsonargparse import ArgumentParser
 
     from common.io import write_json
 
-    parser = ArgumentParser(description="Model-free baselines (popularity, next unused id) through VIP5's metrics.")
+    parser = ArgumentParser(description="Baselines through VIP5's splits and metrics: popularity and next unused id "
+                                        "(model-free), or SASRec (trained).")
     parser.add_argument("--data_dir", type=str, required=True, help="data folder")
     parser.add_argument("--source", type=str, default="amazon", help="amazon | pog | movielens")
+    parser.add_argument("--model", type=Literal["popularity", "sasrec"], default="popularity",
+                        help="popularity (with the next-unused-id rule) or sasrec")
     parser.add_argument("--indexing", type=str, default="sequential", help="item indexing the ids come from")
     parser.add_argument("--n_negatives", type=int, default=99, help="negatives in the candidate lists")
-    parser.add_argument("--seed", type=int, default=2022, help="seed of negatives and indexing")
+    parser.add_argument("--seed", type=int, default=2022, help="seed of negatives, indexing and SASRec")
+    parser.add_argument("--minutes", type=float | None, default=40.0, help="SASRec training budget (None: epochs)")
+    parser.add_argument("--users", type=int | None, default=None, help="SASRec: test a fixed sample of users")
+    parser.add_argument("--sasrec", type=SASRecConfig, default=SASRecConfig(), help="SASRec settings")
     parser.add_argument("--out", type=str | None, default=None, help="write the results as JSON here")
     cfg = parser.parse_args(args)
-    results = run_baselines(cfg.data_dir, cfg.source, cfg.indexing, cfg.n_negatives, cfg.seed)
-    print(json.dumps({"indexing": cfg.indexing, **results}, indent=2))
+    if cfg.model == "sasrec":
+        sasrec_config = SASRecConfig(**{**vars(cfg.sasrec), "seed": cfg.seed})
+        results = {"sasrec": run_sasrec(cfg.data_dir, cfg.source, cfg.minutes, cfg.users, cfg.seed,
+                                        config=sasrec_config)}
+    else:
+        results = {"indexing": cfg.indexing, **run_baselines(cfg.data_dir, cfg.source, cfg.indexing,
+                                                             cfg.n_negatives, cfg.seed)}
+    print(json.dumps(results, indent=2))
     if cfg.out:
-        write_json(cfg.out, {"indexing": cfg.indexing, **results})
+        write_json(cfg.out, results)
 
 
 if __name__ == "__main__":

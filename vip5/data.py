@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from vip5.tokenizer import IMAGE_TOKEN, batch_whole_word_ids, load_tokenizer, tr
 log = logging.getLogger(__name__)
 
 FAMILIES = ("sequential", "direct", "explanation")
+_ANGLE_TOKEN = re.compile(r"<[^<>\s]+>")  # id tokens (<item_12>, <c0_3>) and the image placeholder
 # Which optional file provides which capability a template may require (the P5/VIP5 data folder).
 CAPABILITY_FILES = {"titles": "meta.json.gz", "reviews": "exp_splits.pkl"}
 
@@ -230,10 +232,11 @@ class VIP5SampleBuilder(SampleBuilder):
             return load_tokenizer(self.tokenizer_spec)
         if self.spiece_bytes is None:
             texts = self._tokenizer_corpus()
-            digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+            digest = hashlib.sha256("\n".join(["bpe split_digits", *texts]).encode()).hexdigest()[:12]
             folder = self.data.cache_dir / f"spiece_{self.tokenizer_vocab_size}_{digest}"
             if not (folder / "spiece.model").exists():
-                train_sentencepiece(texts, folder, vocab_size=self.tokenizer_vocab_size)
+                # digits one by one: otherwise user-id numbers crowd the prompt words out of a small vocabulary
+                train_sentencepiece(texts, folder, vocab_size=self.tokenizer_vocab_size, split_digits=True)
             self.spiece_bytes = (folder / "spiece.model").read_bytes()
             return load_tokenizer(folder)
         return self._tokenizer_from_bytes(self.spiece_bytes)
@@ -247,13 +250,23 @@ class VIP5SampleBuilder(SampleBuilder):
         return load_tokenizer(folder)
 
     def _tokenizer_corpus(self) -> list[str]:
-        """Text the from-config tokenizer is trained on: rendered prompts of every family plus item text."""
+        """Text the from-config tokenizer is trained on: rendered prompts of every family plus item text.
+
+        Item-id tokens and image placeholders are left out: they join the vocabulary whole, and as training
+        text thousands of distinct ids (``<item_5621>``) would take most of a small vocabulary's pieces
+        (``_2777>``), leaving the prompt's words split into letters.
+        """
         rng = random.Random(self.config.seed)
+        whole = set(self.data.index.vocabulary) | {IMAGE_TOKEN}
+
+        def words_only(text: str) -> str:
+            return _ANGLE_TOKEN.sub(lambda m: " " if m.group(0) in whole else m.group(0), text)
+
         texts = []
         recipes = self._train_recipes(epoch=0)
         for recipe in rng.sample(recipes, min(4000, len(recipes))):  # every family, not just the first
             s = self.make(recipe, rng, train=True)
-            texts += [s["source"], s["target"]]
+            texts += [words_only(s["source"]), words_only(s["target"])]
         for item in self.data.corpus.items.values():
             texts += [t for t in (item.title, item.description) if t]
         return texts

@@ -39,6 +39,8 @@ class VIP5LitModule(L.LightningModule):
         tokenizer_vocab_size: vocabulary size when ``tokenizer: train``.
         n_image_tokens: image tokens per item (n); 0 gives a text-only P5-style model.
         adapter: bottleneck adapter settings (sites, reduction factor, shared or per task); None = defaults.
+        use_adapters: False builds no adapters (only with ``training_mode: full``: a backbone trained whole, e.g.
+            from scratch, needs none, and they cost a fifth of a small model's step time).
         training_mode: ``adapters`` (adapters + layer norms + visual mapper), ``adapters_self_attn_only``, or
             ``full`` finetuning (the paper's RQ2 ablation).
         train_word_embeddings: train the whole-word and category tables (frozen random codes in the original).
@@ -76,6 +78,7 @@ class VIP5LitModule(L.LightningModule):
         tokenizer_vocab_size: int = 2000,
         n_image_tokens: int = 2,
         adapter: AdapterConfig | None = None,
+        use_adapters: bool = True,
         training_mode: Literal["adapters", "adapters_self_attn_only", "full"] = "adapters",
         train_word_embeddings: bool = False,
         prompts: PromptConfig | None = None,
@@ -94,7 +97,10 @@ class VIP5LitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.adapter_config = adapter or AdapterConfig()
+        if not use_adapters and training_mode != "full":
+            raise ValueError(f"use_adapters=False needs training_mode='full' (got {training_mode!r}): with a "
+                             "frozen backbone the adapters are what trains")
+        self.adapter_config = (adapter or AdapterConfig()) if use_adapters else None
         self.prompt_config = prompts or PromptConfig()
         self.eval_config = evaluation or EvalConfig()
         self.sample_builder = VIP5SampleBuilder(
@@ -297,4 +303,4 @@ class VIP5LitModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def extra_repr(self) -> str:
-        return f"adapter={asdict(self.adapter_config)}"
+        return f"adapter={asdict(self.adapter_config) if self.adapter_config else None}"
