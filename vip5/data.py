@@ -49,6 +49,10 @@ class PromptConfig:
             always sits at the same word position after the prompt's fixed text (docs/vip5.md, "Item identifiers").
         max_source_length: source token limit (prompts are left-trimmed through max_history first).
         max_target_length: target token limit in training.
+        target_items: items in a sequential training target. 1 (the original): the next item. k > 1: the next
+            item followed by up to k - 1 later items of the user's training sequence, so one prompt trains several
+            positions (the decoder continues the sequence, as SASRec's loss on every position does) while the
+            first item stays the prompt's answer. Evaluation then scores an id by its own tokens, without ``</s>``.
         random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful);
             default draws it only in training.
         n_candidates: candidates in B-5..B-8 lists (target + negatives).
@@ -66,6 +70,7 @@ class PromptConfig:
     history_order: Literal["oldest_first", "newest_first"] = "oldest_first"
     max_source_length: int = 512
     max_target_length: int = 64
+    target_items: int = 1
     random_separator: bool = False
     n_candidates: int = 100
     seed: int = 2022
@@ -387,16 +392,18 @@ class VIP5SampleBuilder(SampleBuilder):
         # training, and validation (its rng is seeded per sample, so the draw is fixed)
         return rng.choice(self.train_templates[family])
 
-    def _history_target(self, family: str, user: str, spec, rng: random.Random) -> tuple[list[str], str]:
+    def _history_target(self, family: str, user: str, spec, rng: random.Random) -> tuple[list[str], str, list[str]]:
+        """(history, target, later items): the later items continue a sequential training target
+        (``target_items - 1`` at most; none elsewhere)."""
         split = self.data.split
         if isinstance(spec, tuple) and spec[0] == "test":
-            return split.test[user]
+            return (*split.test[user], [])
         if spec == "val":
-            return split.val[user]
+            return (*split.val[user], [])
         train = split.train[user]
         if family == "direct":
             t = rng.randrange(len(train))
-            return train[:t], train[t]
+            return train[:t], train[t], []
         n = len(train)
         if self.config.train_targets == "last3":
             lo = max(1, n - 3)
@@ -404,11 +411,11 @@ class VIP5SampleBuilder(SampleBuilder):
             lo = 1
         t = rng.randrange(lo, n) if n > 1 else 0
         hist = [i for i in train[:t] if i != train[t]]
-        return hist, train[t]
+        return hist, train[t], train[t + 1: t + self.config.target_items]
 
     def _make_user(self, family: str, user: str, spec, rng: random.Random, train: bool) -> dict[str, Any]:
         tpl = self._pick(family, rng, spec)
-        history, target = self._history_target(family, user, spec, rng)
+        history, target, later = self._history_target(family, user, spec, rng)
         history = history[-self.config.max_history :] if self.config.max_history else history
         shown = history[::-1] if self.config.history_order == "newest_first" else history
         fields: dict[str, Any] = {"user_id": user, "user_desc": self._user_desc(user), "history": [
@@ -437,7 +444,9 @@ class VIP5SampleBuilder(SampleBuilder):
                 rng.shuffle(candidates)
             fields["candidates"] = [self._id(i) for i in candidates]
             image_items["candidates"] = candidates
-        fields["target"] = label if label is not None else self._id(target)
+        if tpl.target_kind != "item":
+            later = []  # a yes/no answer is not continued
+        fields["target"] = label if label is not None else " ".join(self._id(i) for i in [target, *later])
         sep = ", "
         if train or self.config.random_separator:
             sep = rng.choice([", ", " -> "])

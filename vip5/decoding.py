@@ -173,11 +173,16 @@ class TrieLogitsProcessor(LogitsProcessor):
         num_beams: beams per sample; row r of ``input_ids`` belongs to sample ``r // num_beams``.
         exclude: optional per-sample collections of item ids that may not be generated (e.g. the user's
             history). Length = batch size.
+        renormalize: turn the allowed scores into log-probabilities over the allowed tokens alone, so a forced
+            step (the ``</s>`` after a complete id) adds nothing. For models trained to continue an item with
+            further items, whose ``</s>`` probability says nothing about the item.
     """
 
-    def __init__(self, trie: ItemTrie, num_beams: int = 1, exclude: Sequence[Collection[str]] | None = None) -> None:
+    def __init__(self, trie: ItemTrie, num_beams: int = 1, exclude: Sequence[Collection[str]] | None = None,
+                 renormalize: bool = False) -> None:
         self.trie = trie
         self.num_beams = num_beams
+        self.renormalize = renormalize
         self._dead = [trie.dead_branches(ex) for ex in exclude] if exclude is not None else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -211,7 +216,7 @@ class TrieLogitsProcessor(LogitsProcessor):
                     ban_tokens.append(tok)
             if ban_rows:
                 out[torch.tensor(ban_rows, device=device), torch.tensor(ban_tokens, device=device)] = float("-inf")
-        return out
+        return out.log_softmax(-1) if self.renormalize else out
 
     @staticmethod
     def _expand(

@@ -83,12 +83,18 @@ class Evaluator:
 
     # -- item id tokens ----------------------------------------------------------------------
     @property
+    def continues_items(self) -> bool:
+        """Whether sequential targets went on past the next item in training (``prompts.target_items > 1``): then
+        ``</s>`` after an id is no part of it, and ids are scored by their own tokens."""
+        return self.builder.config.target_items > 1
+
+    @property
     def item_tokens(self) -> dict[str, list[int]]:
-        """Token ids (with ``</s>``) of every catalogue item's id string."""
+        """Token ids of every catalogue item's id string, with ``</s>`` unless :attr:`continues_items`."""
         if self._item_tokens is None:
             tok, index = self.builder.tokenizer, self.builder.data.index
             items = self.builder.item_ids
-            ids = tok([index.to_id[i] for i in items], add_special_tokens=True)["input_ids"]
+            ids = tok([index.to_id[i] for i in items], add_special_tokens=not self.continues_items)["input_ids"]
             self._item_tokens = dict(zip(items, ids))
         return self._item_tokens
 
@@ -112,8 +118,9 @@ class Evaluator:
         self, batch: dict[str, Any], k: int, trie: ItemTrie | None, exclude: list[set[str]] | None = None
     ) -> list[list[str | None]]:
         beams = max(k, 1)
-        processors = [TrieLogitsProcessor(trie, num_beams=beams, exclude=exclude)] if trie is not None else []
-        max_len = max(len(t) for t in self.item_tokens.values()) + 1
+        processors = [TrieLogitsProcessor(trie, num_beams=beams, exclude=exclude, renormalize=self.continues_items)
+                      ] if trie is not None else []
+        max_len = max(len(t) for t in self.item_tokens.values()) + 1 + self.continues_items  # start (+ </s>)
         out = self.model.generate(
             **model_inputs(batch),
             num_beams=beams,

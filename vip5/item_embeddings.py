@@ -96,25 +96,32 @@ class ItemTokenHead(nn.Module):
     Args:
         base: the backbone's ``lm_head``.
         embedding: the :class:`ItemTokenEmbedding` of the same model.
+        bias: add a trainable output bias per item token (starts at 0). It carries an item's overall
+            popularity, so the tied rows need not (SASRec-style models have no bias; a from-scratch T5 learns the
+            popularity prior first, and this lets it do so with one number per item).
     """
 
-    def __init__(self, base: nn.Linear, embedding: ItemTokenEmbedding) -> None:
+    def __init__(self, base: nn.Linear, embedding: ItemTokenEmbedding, bias: bool = False) -> None:
         super().__init__()
         self.base = base
         self._embedding = [embedding]  # a plain list: the tied table is not registered (and saved) twice
+        self.bias = nn.Parameter(torch.zeros(embedding.item.num_embeddings)) if bias else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self._embedding[0].item.weight
-        return torch.cat([self.base(hidden), F.linear(hidden, weight.to(hidden.dtype))], -1)
+        bias = None if self.bias is None else self.bias.to(hidden.dtype)
+        return torch.cat([self.base(hidden), F.linear(hidden, weight.to(hidden.dtype), bias)], -1)
 
 
 def attach_item_tokens(t5: nn.Module, n_item_tokens: int, init: InitName = "normal", seed: int = 0,
-                       content: torch.Tensor | None = None, scale: float = 1.0) -> ItemTokenEmbedding:
-    """Give a stock ``T5ForConditionalGeneration`` ``n_item_tokens`` new trainable tokens after its vocabulary."""
+                       content: torch.Tensor | None = None, scale: float = 1.0,
+                       bias: bool = False) -> ItemTokenEmbedding:
+    """Give a stock ``T5ForConditionalGeneration`` ``n_item_tokens`` new trainable tokens after its vocabulary
+    (``bias``: an output bias per item token, see :class:`ItemTokenHead`)."""
     embedding = ItemTokenEmbedding(t5.get_input_embeddings(), n_item_tokens, init=init, seed=seed, content=content,
                                    scale=scale)
     t5.set_input_embeddings(embedding)
-    t5.lm_head = ItemTokenHead(t5.lm_head, embedding)
+    t5.lm_head = ItemTokenHead(t5.lm_head, embedding, bias=bias)
     t5.config.vocab_size = embedding.num_embeddings
     return embedding
 
@@ -122,4 +129,7 @@ def attach_item_tokens(t5: nn.Module, n_item_tokens: int, init: InitName = "norm
 def item_token_parameters(t5: nn.Module) -> list[nn.Parameter]:
     """The item-token parameters of a T5 given them by :func:`attach_item_tokens` (empty otherwise)."""
     emb = t5.get_input_embeddings()
-    return [emb.item.weight] if isinstance(emb, ItemTokenEmbedding) else []
+    if not isinstance(emb, ItemTokenEmbedding):
+        return []
+    bias = getattr(t5.lm_head, "bias", None)
+    return [emb.item.weight] + ([bias] if isinstance(t5.lm_head, ItemTokenHead) and bias is not None else [])

@@ -65,6 +65,8 @@ class VIP5LitModule(L.LightningModule):
             same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
             items in a prompt within hundreds of steps instead of plateauing at popularity (docs/vip5.md, "Item
             identifiers"; ``bench/vip5_indexing.py`` uses 3).
+        item_token_bias: a trainable output bias per item-id token (token schemes only), which holds each item's
+            popularity apart from its embedding row.
     """
 
     # settings of how a trained model is used, taken from the command line even with --ckpt_path
@@ -94,6 +96,7 @@ class VIP5LitModule(L.LightningModule):
         label_smoothing: float = 0.0,
         item_token_init: Literal["normal", "mean", "content"] = "normal",
         item_token_scale: float = 1.0,
+        item_token_bias: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -134,6 +137,7 @@ class VIP5LitModule(L.LightningModule):
             n_item_tokens=builder.n_item_tokens,
             item_token_init=hp.item_token_init,
             item_token_scale=hp.item_token_scale,
+            item_token_bias=hp.item_token_bias,
             item_token_content=(
                 builder.token_content() if hp.item_token_init == "content" and builder.n_item_tokens else None
             ),
@@ -215,16 +219,15 @@ class VIP5LitModule(L.LightningModule):
 
     # -- loss ----------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model(**model_inputs(batch), labels=batch["labels"])
         labels = batch["labels"]
-        tok = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none",
-                              label_smoothing=self.hparams.label_smoothing)
-        valid = (labels != -100).float()
+        logits, targets, rows = self.model.target_logits(**model_inputs(batch), labels=labels)
+        tok = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
         if self.hparams.loss_normalization == "token":
-            return (tok * valid).sum() / valid.sum().clamp_min(1.0)
+            return tok.sum() / max(len(tok), 1)
         # faithful: mean over each sample's tokens, times 1/target_length, mean over the batch (the original code)
-        per_sample = (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
-        return (per_sample / valid.sum(1).clamp_min(1.0)).mean()
+        length = (labels != -100).sum(1).clamp_min(1).float()
+        per_sample = torch.zeros_like(length).index_add(0, rows, tok) / length
+        return (per_sample / length).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

@@ -82,6 +82,7 @@ class VIP5Model(nn.Module):
         item_token_init: ``normal``, ``mean`` or ``content`` (see ``ItemTokenEmbedding``).
         item_token_content: ``[n_item_tokens, d]`` per-token item content for ``item_token_init="content"``.
         item_token_scale: initial std of the item-token rows relative to the base table's.
+        item_token_bias: a trainable output bias per item token (``vip5.item_embeddings.ItemTokenHead``).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class VIP5Model(nn.Module):
         item_token_init: Literal["normal", "mean", "content"] = "normal",
         item_token_content: torch.Tensor | None = None,
         item_token_scale: float = 1.0,
+        item_token_bias: bool = False,
     ):
         super().__init__()
         if training_mode not in ("adapters", "adapters_self_attn_only", "full"):
@@ -120,7 +122,7 @@ class VIP5Model(nn.Module):
             self.t5.resize_token_embeddings(vocab_size)
         self.item_tokens = (
             attach_item_tokens(self.t5, n_item_tokens, item_token_init, content=item_token_content,
-                               scale=item_token_scale)
+                               scale=item_token_scale, bias=item_token_bias)
             if n_item_tokens else None
         )
         d_model = self.t5.config.d_model
@@ -334,6 +336,39 @@ class VIP5Model(nn.Module):
                 decoder_attention_mask=decoder_attention_mask,
                 return_dict=True,
             )
+
+    def target_logits(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        whole_word_ids: torch.Tensor | None = None,
+        image_feats: torch.Tensor | None = None,
+        tasks: TaskSpec = None,
+        image_counts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits at the target positions only: ``(logits [N, V], targets [N], row of each [N])``.
+
+        The training loss needs nothing else: the output layer (a large vocabulary when items are tokens) runs on
+        the ``N`` positions with ``labels != -100`` instead of every padded position, and no second loss is
+        computed inside T5 (``forward(labels=...)`` computes the stock one).
+        """
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        with self.adapter_tasks(tasks):
+            encoded = self.encode(input_ids, attention_mask, whole_word_ids, image_feats, None, image_counts)
+            hidden = self.t5.decoder(
+                input_ids=self.t5.prepare_decoder_input_ids_from_labels(labels=labels),
+                encoder_hidden_states=encoded.last_hidden_state,
+                encoder_attention_mask=attention_mask,
+                use_cache=False,
+                return_dict=True,
+            ).last_hidden_state
+        rows, cols = (labels != -100).nonzero(as_tuple=True)
+        hidden = hidden[rows, cols]
+        if self.t5.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward (tied embeddings)
+            hidden = hidden * (self.t5.model_dim**-0.5)
+        return self.t5.lm_head(hidden), labels[rows, cols], rows
 
     def decode_logits(
         self,

@@ -103,6 +103,18 @@ def test_processor_dense_path_for_wide_nodes():
     assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [2]
 
 
+def test_renormalized_scores_are_log_probabilities_over_the_allowed_tokens():
+    trie = ItemTrie({"a": [5, 7], "b": [5, 8], "c": [6]})
+    scores = torch.randn(3, 12).log_softmax(-1)
+    ids = torch.tensor([[0, 5], [0, 6], [0, 9]])  # two children, a complete id (forced </s>), off the trie
+    plain = TrieLogitsProcessor(trie)(ids, scores)
+    out = TrieLogitsProcessor(trie, renormalize=True)(ids, scores)
+    assert torch.equal(torch.isfinite(out), torch.isfinite(plain))
+    assert torch.allclose(out.exp().sum(1), torch.ones(3))
+    assert out[1, EOS] == 0.0 and plain[1, EOS] < 0  # a forced step adds nothing
+    assert torch.allclose(out[0, 7] - out[0, 8], scores[0, 7] - scores[0, 8])  # the order among children is kept
+
+
 def test_exclusion_masks_only_excluded_branches(catalogue):
     trie = ItemTrie(catalogue)
     rng = random.Random(3)

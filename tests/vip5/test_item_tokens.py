@@ -168,3 +168,20 @@ def test_content_init_is_a_no_op_for_text_ids(demo_data, tmp_path):
                "1", "--trainer.limit_val_batches", "0", "--data.init_args.indexing", "random",
                "--model.item_token_init", "content")
     assert cli.model.model.item_tokens is None and cli.model.sample_builder.n_item_tokens == 0
+
+
+def test_item_token_bias_starts_neutral_and_trains_with_a_frozen_backbone():
+    plain, biased = tiny(training_mode="adapters"), tiny(training_mode="adapters", item_token_bias=True)
+    x, labels = inputs()
+    head = biased.t5.lm_head
+    assert head.bias.shape == (N_ITEMS,) and not head.bias.any()
+    assert torch.allclose(plain(**x, labels=labels).logits, biased(**x, labels=labels).logits, atol=1e-6)
+    biased(**x, labels=labels).loss.backward()
+    grad = head.bias.grad
+    # the softmax pushes the targets' biases (items 3 and 28) up and every other item's down
+    assert grad[3] < 0 and grad[28] < 0 and (grad[[k for k in range(N_ITEMS) if k not in (3, 28)]] > 0).all()
+    assert biased.count_parameters()["trainable_by_group"]["item_tokens"] == N_ITEMS * 32 + N_ITEMS
+    with torch.no_grad():
+        head.bias[7] = 5.0
+    logits = biased(**x, labels=labels).logits
+    assert torch.allclose(logits[..., 207] - plain(**x, labels=labels).logits[..., 207], torch.tensor(5.0))
