@@ -1,7 +1,7 @@
 """VIP5 from scratch against SASRec and popularity on a real data folder, with the same wall-clock training budget.
 
     .venv/bin/python bench/vip5_real.py DATA_DIR --minutes M [--users N] [--source amazon] \
-        [--config configs/sports_scratch.yaml] [--out DIR] [-- extra vip5 arguments]
+        [--config configs/sports_scratch.yaml] [--out DIR] [-- vip5 arguments, e.g. --model.lr 0.002]
 
 1. Popularity (training counts) ranks the full catalogue for N fixed test users (``common.data.splits.sample_users``).
 2. SASRec (``vip5.sasrec``: cross-entropy over all items, every position a target) trains for M minutes.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,8 +101,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=2022)
     ap.add_argument("--skip", nargs="*", default=[], choices=["vip5", "sasrec"], help="models not to train")
-    ap.add_argument("extra", nargs="*", help="vip5 CLI arguments (after --)")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]  # vip5 CLI arguments after --
 
     import torch
 

@@ -136,6 +136,9 @@ class Evaluator:
 
     def _sequential(self, batch: dict[str, Any]) -> tuple[list[int], list[list[str]], float]:
         cfg = self.config
+        if cfg.decoding == "free" and self.continues_items:
+            raise ValueError("evaluation.decoding: free reads the whole generated text as one id, but this model was "
+                             "trained to go on with later items (prompts.target_items > 1): use decoding: trie")
         trie = self.trie if cfg.decoding == "trie" else None
         # history items are masked inside the constrained search, so they never take a beam slot; the
         # unconstrained (faithful) search can only filter afterwards

@@ -185,7 +185,8 @@ def fit_sasrec(
                 stats.sequences += len(batch)
                 stats.seconds = time.perf_counter() - start
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                if stats.steps % 50 == 1:
+                    bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
                 if max_seconds is not None and stats.seconds >= max_seconds:
                     stats.epochs = epoch + (lo + len(batch)) / len(order)
                     bar.close()

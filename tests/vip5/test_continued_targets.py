@@ -69,3 +69,15 @@ def test_ids_rank_by_their_own_tokens(continued):
         best = (row[base:].topk(6).indices + base).tolist()
         # one token per item: beam search over the trie returns exactly the most likely first tokens, in order
         assert ranked == [token_item[t] for t in best]
+
+
+def test_free_decoding_of_a_continuing_model_is_a_clear_error(continued):
+    import dataclasses
+
+    from vip5.evaluation import Evaluator
+
+    builder = continued.sample_builder
+    evaluator = Evaluator(continued.model, builder, dataclasses.replace(continued.eval_config, decoding="free"))
+    batch = builder.collate([builder.dataset("test", "A-3")[0]])
+    with pytest.raises(ValueError, match="target_items"):
+        evaluator.update(batch)
