@@ -37,23 +37,12 @@ DATA_MODULES = {"amazon": "common.data.AmazonDataModule", "movielens": "common.d
                 "pog": "common.data.POGDataModule"}
 
 
-def metrics_of(ranks) -> dict[str, float]:
-    from common.metrics.ranking import hit_at_k, ndcg_at_k
-
-    return {f"{m}@{k}": round(float(fn(ranks, k).mean()), 5) for k in (5, 10)
-            for m, fn in (("hr", hit_at_k), ("ndcg", ndcg_at_k))}
-
-
 def popularity(split, users: list[str]) -> dict[str, float]:
-    import torch
+    from vip5.baselines import evaluate_rankings, popularity_ranking
 
-    from common.metrics.ranking import rank_of_target
-    from vip5.baselines import popularity_ranking
-
-    hist = {u: split.test[u][0] for u in users}
-    ranked = popularity_ranking(split.train, 10, histories=hist)
-    ranks = rank_of_target([ranked[u] for u in users], [split.test[u][1] for u in users])
-    return metrics_of(torch.as_tensor(ranks))
+    ranked = popularity_ranking(split.train, 10, histories={u: split.test[u][0] for u in users})
+    metrics = evaluate_rankings(ranked, {u: split.test[u][1] for u in users}, ks=(5, 10))
+    return {k: round(v, 5) for k, v in metrics.items()}
 
 
 def vip5(data_dir: Path, source: str, config: Path, out: Path, users: int, seconds: float, extra: list[str]) -> dict:
