@@ -50,14 +50,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 def _keyword_timer() -> tuple[Callable[[], tuple[list[str], list[str]]], str]:
     """(callable extracting one sample's preference + target keywords, label)."""
-    try:
-        from pmg.keywords import TfidfKeywordExtractor
-    except ImportError:  # pragma: no cover - only before pmg.keywords exists
-        def stand_in() -> tuple[list[str], list[str]]:
-            words = sorted({w for t in ITEM_TEXTS[:4] for w in t.split()})
-            return words[:10], ITEM_TEXTS[4].split()[:5]
+    from pmg.keywords import TfidfKeywordExtractor
 
-        return stand_in, "stand-in (split words; pmg.keywords missing)"
     extractor = TfidfKeywordExtractor(cache_path=None, progress=False).fit(ITEM_TEXTS)
     counter = iter(range(10**9))
 

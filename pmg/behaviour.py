@@ -3,7 +3,7 @@
 Each history item becomes one short text built from its metadata through the scenario's ``item_text`` template
 in ``prompts.yaml``: movies ``Title (Genre, Genre): kw1, kw2.`` when item keywords exist (else the description),
 clothes their title, emoticons their name. Optional extras, each only built when configured: an LLM summary of
-descriptions longer than ``max_words`` words (any :class:`~pmg.keywords.TextGenerator`), and an image caption
+descriptions longer than ``max_words`` words (any :class:`~pmg.text_generator.TextGenerator`), and an image caption
 from a transformers image-to-text model loaded by name. Results can be cached in a
 :class:`~pmg.cache.JsonlStore`, so model calls are made once per item.
 """
@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 from common.data.corpus import Corpus, Item
+from common.weights import model_not_available
 from pmg.cache import JsonlStore, stable_hash
-from pmg.keywords import ScenarioPrompts, TextGenerator, render_history, render_template, weights_error
+from pmg.prompts import ScenarioPrompts, render_history, render_template
+from pmg.text_generator import TextGenerator
 
 __all__ = ["BehaviourText", "clean_title", "render_chat", "render_history"]
 
@@ -65,7 +67,7 @@ class BehaviourText:
             ``{keywords}``, ``{description}``, ``{caption}``, ``{details}`` (keywords as ``"kw1, kw2."`` when
             the item has some, else the description); ``[...]`` groups vanish when a field inside is empty.
         max_words: descriptions longer than this are summarised by ``summariser`` or, without one, cut.
-        summariser: a :class:`~pmg.keywords.TextGenerator` for long descriptions (e.g. ``HFTextGenerator``).
+        summariser: a :class:`~pmg.text_generator.TextGenerator` for long descriptions (e.g. ``HFTextGenerator``).
         captioner: a transformers image-to-text model name/path (loaded on first use), or a callable
             ``image_path -> caption``; None disables captions.
         caption_mode: ``append`` adds the caption after the title, ``replace`` uses it instead of the title,
@@ -125,7 +127,7 @@ class BehaviourText:
             try:
                 pipe = pipeline(task, model=name, device=self.device)
             except (OSError, ValueError) as e:
-                raise weights_error(name, "image captioner", "Salesforce/blip-image-captioning-base", e) from e
+                raise model_not_available(name, "image captioner", "Salesforce/blip-image-captioning-base", e) from e
 
             def caption(path: str) -> str:
                 if task == "image-to-text":

@@ -21,7 +21,8 @@ from common.data.corpus import Corpus
 from common.data.datamodule import RecData, SampleBuilder, Split
 from pmg.behaviour import BehaviourText
 from pmg.diffusion import load_image_tensor
-from pmg.keywords import KeywordExtractor, ScenarioPrompts, TfidfKeywordExtractor, render_history
+from pmg.keywords import KeywordExtractor, TfidfKeywordExtractor
+from pmg.prompts import ScenarioPrompts, render_history
 
 log = logging.getLogger(__name__)
 

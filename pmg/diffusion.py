@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTraine
 
 from common.data.corpus import DataError
 from common.tiny_tokenizer import atomic_dir, build_word_tokenizer
+from common.weights import model_not_available
 
 #: SD-1.5's special tokens; it pads with its end token.
 CLIP_SPECIAL_TOKENS = {
@@ -102,12 +103,9 @@ def load_sd_components(name_or_path: str | os.PathLike, dtype: torch.dtype | Non
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder="tokenizer")
         scheduler = DDPMScheduler.from_pretrained(name_or_path, subfolder="scheduler")
     except OSError as err:
-        raise FileNotFoundError(
-            f"cannot load Stable Diffusion from {str(name_or_path)!r} (no network on this machine, or not a "
-            "diffusers folder with vae/ unet/ text_encoder/ tokenizer/ scheduler/). Download it once where the hub "
-            "is reachable, e.g. `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir "
-            "models/sd-1.5` (huggingface_hub < 1.0: `huggingface-cli download ...`), then point the config's "
-            f"Stable Diffusion path at that folder. Cause: {err}"
+        raise model_not_available(
+            str(name_or_path), "Stable Diffusion model (a diffusers folder with vae/ unet/ text_encoder/ tokenizer/ "
+            "scheduler/)", "stable-diffusion-v1-5/stable-diffusion-v1-5", err, where="`model.stable_diffusion`"
         ) from err
     return freeze(_from_parts(vae, unet, text_encoder, tokenizer, scheduler))
 

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from pmg.behaviour import render_chat
-from pmg.keywords import KeywordExtractor, ScenarioPrompts
+from pmg.keywords import KeywordExtractor
+from pmg.prompts import ScenarioPrompts
 
 
 @dataclass

@@ -10,29 +10,22 @@ argmax is undefined. Clamping at ``eps`` keeps every score finite; the x100 scal
 adds a constant to z and is dropped. ``alpha = 0.5`` is the paper's value; the MindSpore demo's
 ``W_P = 2`` corresponds to ``alpha = 2/3``. ``alpha = 1`` (0) ranks by the preference (target) term alone.
 
-:class:`ClipScorer` wraps open_clip. Real weights are loaded by architecture + pretrained tag; when the
-tag is not cached offline the error says what to download. Random weights are only ever used when
-asked for (``allow_random_weights=True``), and the scorer then says so in :attr:`ClipScorer.note`.
+:class:`ClipScorer` wraps open_clip (built by :func:`common.clip.create_clip`). Real weights are loaded by
+architecture + pretrained tag; when the tag is not cached offline the error says what to download. Random
+weights are only ever used when asked for (``allow_random_weights=True``), and the scorer then says so in
+:attr:`ClipScorer.note`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-TINY_CLIP_ARCH = "pmg-tiny-clip"
-# Small from-config CLIP for the offline default and tests (no weights exist for it: always random).
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+from common.clip import create_clip
+
+TINY_CLIP_ARCH = "pmg-tiny-clip"  # a small from-config CLIP of common.clip: the offline default and tests
 RANDOM_WEIGHTS_NOTE = "CLIP scores from random weights (plumbing only, not a measurement)"
 
 
@@ -78,40 +71,6 @@ def select_best(
     return int(torch.argmax(z)), {"d_p": d_p, "d_t": d_t, "z": z}
 
 
-def register_tiny_clip() -> str:
-    """Add :data:`TINY_CLIP_CONFIG` to open_clip's model registry (idempotent); returns its name."""
-    import open_clip
-
-    if TINY_CLIP_ARCH in open_clip.list_models():
-        return TINY_CLIP_ARCH
-    # open_clip registers architectures from JSON files only; the registry keeps the parsed dict, so the
-    # temporary file can go right away.
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{TINY_CLIP_ARCH}.json"
-        path.write_text(json.dumps(TINY_CLIP_CONFIG))
-        open_clip.add_model_config(path)
-    if TINY_CLIP_ARCH not in open_clip.list_models():
-        raise RuntimeError(f"could not register {TINY_CLIP_ARCH} with open_clip")
-    return TINY_CLIP_ARCH
-
-
-def _missing_weights_message(arch: str, pretrained: str, cause: BaseException) -> str:
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-    where = []
-    if cfg.get("hf_hub"):
-        where.append(f"Hugging Face repo {cfg['hf_hub'].rstrip('/')} (cached under ~/.cache/huggingface/hub)")
-    if cfg.get("url"):
-        where.append(f"URL {cfg['url']}")
-    return (
-        f"open_clip weights {arch!r} / {pretrained!r} are not available offline ({cause}). Download them once "
-        f"on a machine with network access, e.g. `python -c \"import open_clip; "
-        f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\"` and copy the cache, "
-        f"or download the checkpoint file and pass its path as `pretrained`. Source: {'; '.join(where) or 'n/a'}."
-    )
-
-
 class ClipScorer:
     """Cosine similarity between images and texts with an open_clip model.
 
@@ -138,27 +97,7 @@ class ClipScorer:
     ) -> None:
         import open_clip
 
-        if arch == TINY_CLIP_ARCH:
-            register_tiny_clip()
-        if arch not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
-        if pretrained is None:
-            if not allow_random_weights:
-                raise ValueError(
-                    f"pretrained=None would give {arch} random weights; pass allow_random_weights=True to accept "
-                    "meaningless scores (tests, plumbing), or name a pretrained tag / checkpoint path"
-                )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=None)
-        else:
-            tags = open_clip.list_pretrained_tags_by_model(arch)
-            if pretrained not in tags and not os.path.isfile(pretrained):
-                raise ValueError(f"{pretrained!r} is neither a pretrained tag of {arch} ({tags}) nor a file")
-            try:
-                model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, cache_dir=cache_dir)
-            except RuntimeError as e:
-                raise RuntimeError(_missing_weights_message(arch, pretrained, e)) from e
+        model, _ = create_clip(arch, pretrained, allow_random_weights, seed=seed, cache_dir=cache_dir)
         self.arch, self.pretrained = arch, pretrained
         self.random_weights = pretrained is None
         self.note = RANDOM_WEIGHTS_NOTE if self.random_weights else ""

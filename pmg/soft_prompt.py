@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from common.weights import model_not_available
+
 _TRAINABLE = ("soft_tokens", "prefix", "mapper")
 
 
@@ -56,12 +58,8 @@ def load_llm(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None) 
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     except OSError as err:
-        raise FileNotFoundError(
-            f"cannot load the LLM {str(name_or_path)!r} (no network on this machine, or not a model folder). "
-            "Download it once where the hub is reachable, e.g. "
-            "`hf download meta-llama/Llama-2-7b-chat-hf --local-dir models/llama-2-7b-chat` "
-            "(huggingface_hub < 1.0: `huggingface-cli download ...`), then point the config's `llm` at that folder."
-        ) from err
+        raise model_not_available(str(name_or_path), "LLM", "meta-llama/Llama-2-7b-chat-hf", err,
+                                  where="`model.llm`") from err
 
 
 def tiny_llama(

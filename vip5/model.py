@@ -29,10 +29,10 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from common.weights import model_not_available
 from vip5.adapters import SELF_ATTN_SITES, AdapterConfig, TaskSpec, adapter_tasks, inject_adapters, is_adapter_parameter
 from vip5.dropout import use_fast_cpu_dropout
 from vip5.item_embeddings import attach_item_tokens, item_token_parameters
-from vip5.tokenizer import _download_hint
 from vip5.visual import VisualEmbedding
 
 TrainingMode = Literal["adapters", "adapters_self_attn_only", "full"]
@@ -49,7 +49,7 @@ def load_backbone(
         try:
             t5 = T5ForConditionalGeneration.from_pretrained(backbone)
         except OSError as e:
-            raise OSError(_download_hint(backbone)) from e
+            raise model_not_available(backbone, "T5 backbone", err=e) from e
     # T5 starts decoding from the pad id. transformers 5 no longer puts this in a from-config T5Config.
     if getattr(t5.config, "decoder_start_token_id", None) is None:
         t5.config.decoder_start_token_id = t5.config.pad_token_id

@@ -20,20 +20,11 @@ from pathlib import Path
 import torch
 
 from common.io import write_bytes, write_json
+from common.weights import model_not_available
 
 IMAGE_TOKEN = "<extra_id_0>"
 """VIP5's image placeholder: every occurrence in a prompt is one image soft-token slot."""
 WORD_START = "\u2581"  # SentencePiece's "▁" word-boundary marker
-
-
-def _download_hint(name: str) -> str:
-    return (
-        f"Could not load {name!r} offline (and no local folder of that name exists). Download it once on a "
-        "machine with network access, either into the "
-        f"Hugging Face cache (`hf download {name}`; the cache is $HF_HOME/hub, default ~/.cache/huggingface/hub) "
-        f"or into a folder (`hf download {name} --local-dir /path/to/{Path(name).name}`) and pass that folder path "
-        "instead of the name."
-    )
 
 
 def train_sentencepiece(
@@ -109,10 +100,11 @@ def load_tokenizer(name_or_dir: str | Path):
         try:
             tokenizer = T5Tokenizer.from_pretrained(str(name_or_dir))
         except OSError as e:
-            raise OSError(_download_hint(str(name_or_dir))) from e
+            raise model_not_available(str(name_or_dir), "T5 tokenizer", err=e) from e
     extra = sum(1 for t in tokenizer.get_vocab() if t.startswith("<extra_id_"))
     if len(tokenizer) - extra <= 4:  # only <pad>, </s>, <unk> (+1): the silent placeholder vocabulary
-        raise OSError(_download_hint(str(name_or_dir)) + f" (transformers built a {len(tokenizer)}-token placeholder)")
+        placeholder = ValueError(f"transformers built a {len(tokenizer)}-token placeholder vocabulary")
+        raise model_not_available(str(name_or_dir), "T5 tokenizer", err=placeholder)
     return tokenizer
 
 

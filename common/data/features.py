@@ -24,12 +24,10 @@ images changed (a repaired unreadable image included).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,21 +42,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.clip import TINY_ARCHS, check_random_weights, create_clip, register_tiny_archs
 from common.data._source import read_json
 from common.data.corpus import DataError
 from common.io import atomic_open, save_numpy, write_json
 
 log = logging.getLogger(__name__)
 
-DEMO_ARCH = "demo-tiny-clip"
-# Small architectures built from a config (random init, seeded): cheap enough for CPU demos and tests.
-FROM_CONFIG_ARCHS: dict[str, dict[str, Any]] = {
-    DEMO_ARCH: {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1},
-    }
-}
+DEMO_ARCH = "demo-tiny-clip"  # a small from-config architecture of common.clip (random init, seeded)
 # Preset name -> (open_clip architecture, pretrained tag). The first five are VIP5's --image_feature_type values.
 ENCODERS: dict[str, tuple[str, str | None]] = {
     "rn50": ("RN50", "openai"),
@@ -72,17 +63,14 @@ INIT_SEED = 0  # random-init encoders are built under this seed: identical featu
 _FORMAT = 1
 
 
-class WeightsNotFoundError(RuntimeError):
-    """Pretrained encoder weights that cannot be loaded here; the message says what to download."""
-
-
 # -- encoder ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipEncoder:
     """An open_clip image encoder.
 
     Args:
-        arch: open_clip architecture (``ViT-B-32``, ``RN50`` ...) or one of :data:`FROM_CONFIG_ARCHS`.
+        arch: open_clip architecture (``ViT-B-32``, ``RN50`` ...) or a small from-config one
+            (:data:`common.clip.TINY_ARCHS`).
         pretrained: open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k`` ...) or a local checkpoint file;
             None builds random weights, which is only allowed for the from-config architectures or with
             ``allow_random_weights``.
@@ -98,13 +86,11 @@ class ClipEncoder:
     quick_gelu: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.pretrained is None and self.arch not in FROM_CONFIG_ARCHS and not self.allow_random_weights:
-            raise ValueError(
-                f"ClipEncoder({self.arch!r}, pretrained=None) would give random weights and meaningless features. "
-                f"Name pretrained weights (e.g. 'openai' or a local checkpoint file), use a from-config "
-                f"architecture ({sorted(FROM_CONFIG_ARCHS)}), or pass allow_random_weights=True to accept random "
-                "weights on purpose"
-            )
+        check_random_weights(self.arch, self.pretrained, self._random_ok)
+
+    @property
+    def _random_ok(self) -> bool:
+        return self.allow_random_weights or self.arch in TINY_ARCHS
 
     @classmethod
     def preset(cls, name: str) -> ClipEncoder:
@@ -127,18 +113,11 @@ class ClipEncoder:
             tag = f"{Path(tag).stem}-{digest}"
         return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.arch}__{tag}")
 
-    def _use_quick_gelu(self) -> bool:
-        if self.quick_gelu is not None:
-            return self.quick_gelu
-        import open_clip
-
-        return bool(self.pretrained and open_clip.get_pretrained_cfg(self.arch, self.pretrained).get("quick_gelu"))
-
     def output_dim(self) -> int:
         """Feature width, from the architecture config (no weights are loaded)."""
         import open_clip
 
-        _register_from_config_archs()
+        register_tiny_archs()
         cfg = open_clip.get_model_config(self.arch)
         if cfg is not None:
             return int(cfg["embed_dim"])
@@ -152,63 +131,13 @@ class ClipEncoder:
         """The visual tower (its forward is CLIP's ``encode_image`` without normalisation) and the eval transform.
 
         Raises:
-            ValueError: unknown architecture.
-            WeightsNotFoundError: the pretrained weights are neither cached locally nor downloadable.
+            ValueError: unknown architecture or tag.
+            ModelNotAvailableError: the pretrained weights are neither cached locally nor downloadable.
         """
-        import open_clip
-
-        _register_from_config_archs()
-        if not self.arch.startswith(("hf-hub:", "local-dir:")) and self.arch not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip architecture {self.arch!r}; valid: {open_clip.list_models()}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(INIT_SEED)
-            try:
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.arch, pretrained=self.pretrained, force_quick_gelu=self._use_quick_gelu()
-                )
-            except RuntimeError as e:
-                raise WeightsNotFoundError(_weights_help(self.arch, self.pretrained, e)) from e
-        return model.visual.eval(), preprocess
-
-
-def _weights_help(arch: str, pretrained: str | None, error: Exception) -> str:
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        return (
-            f"cannot load CLIP weights {pretrained!r} for {arch}: neither a known tag ({tags}) nor an existing "
-            f"checkpoint file ({error})"
+        model, preprocess = create_clip(
+            self.arch, self.pretrained, allow_random_weights=self._random_ok, seed=INIT_SEED, quick_gelu=self.quick_gelu
         )
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub comes with open_clip/transformers
-        HF_HUB_CACHE = "~/.cache/huggingface/hub"
-    repo = cfg.get("hf_hub", "").rstrip("/")
-    where = [f"the Hugging Face hub cache ({HF_HUB_CACHE}, repo {repo})"] if repo else []
-    files = ([f"https://huggingface.co/{repo}"] if repo else []) + ([cfg["url"]] if cfg.get("url") else [])
-    return (
-        f"CLIP weights {arch}/{pretrained} are not in the local cache and could not be downloaded ({error}).\n"
-        f"On a machine with internet access run\n"
-        f"    python -c \"import open_clip; open_clip.create_model('{arch}', pretrained='{pretrained}')\"\n"
-        f"which stores them in {' or '.join(where) or 'the open_clip cache'}; copy that folder to the same place "
-        f"here (or point HF_HOME at it). Alternatively download a checkpoint ({' or '.join(files)}) and pass its "
-        f"local path as `pretrained` (with quick_gelu=True for OpenAI weights)."
-    )
-
-
-def _register_from_config_archs() -> None:
-    """Add :data:`FROM_CONFIG_ARCHS` to open_clip's registry (through its public ``add_model_config``)."""
-    import open_clip
-
-    todo = {k: v for k, v in FROM_CONFIG_ARCHS.items() if k not in open_clip.list_models()}
-    if not todo:
-        return
-    with tempfile.TemporaryDirectory() as tmp:  # the registry keeps parsed configs, not the files
-        for name, cfg in todo.items():
-            (Path(tmp) / f"{name}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(tmp)
+        return model.visual.eval(), preprocess
 
 
 def _as_encoder(encoder: ClipEncoder | tuple[str, str | None] | str) -> ClipEncoder:
@@ -579,7 +508,7 @@ def extract_features(
     Raises:
         DataError: repeated item ids; under ``missing="error"`` an item without an image file or with an image
             file that cannot be decoded (names the item and the file).
-        WeightsNotFoundError: pretrained weights unavailable offline (the message says what to download).
+        ModelNotAvailableError: pretrained weights unavailable offline (the message says what to download).
     """
     enc = _as_encoder(encoder)
     if missing not in ("zero", "error"):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from common.data.corpus import Corpus, Item, User
+from common.weights import ModelNotAvailableError
 from pmg.behaviour import BehaviourText, clean_title, render_chat, render_history
 from pmg.cache import JsonlStore
-from pmg.keywords import ModelNotAvailableError
 
 
 def _corpus(root: Path, items: list[Item]) -> Corpus:

@@ -6,16 +6,11 @@ import logging
 
 import pytest
 
+from common.weights import ModelNotAvailableError
 from pmg.cache import KeywordCache
-from pmg.keywords import (
-    HFTextGenerator,
-    LLMKeywordExtractor,
-    ModelNotAvailableError,
-    ScenarioPrompts,
-    TfidfKeywordExtractor,
-    parse_keywords,
-    scenario_names,
-)
+from pmg.keywords import LLMKeywordExtractor, TfidfKeywordExtractor, parse_keywords
+from pmg.prompts import ScenarioPrompts, scenario_names
+from pmg.text_generator import HFTextGenerator
 
 # ---- parser -----------------------------------------------------------------------------------------
 

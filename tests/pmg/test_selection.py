@@ -81,7 +81,7 @@ def test_random_weights_must_be_asked_for():
     pytest.importorskip("open_clip")
     with pytest.raises(ValueError, match="allow_random_weights"):
         ClipScorer("ViT-B-32", pretrained=None)
-    with pytest.raises(ValueError, match="neither a pretrained tag"):
+    with pytest.raises(ValueError, match="neither a known tag"):
         ClipScorer("ViT-B-32", pretrained="no-such-tag")
 
 
@@ -90,7 +90,7 @@ def test_missing_pretrained_weights_say_what_to_download():
     try:
         ClipScorer("ViT-B-32", pretrained="openai")
     except RuntimeError as err:
-        assert "Download" in str(err) and "vit_base_patch32_clip_224.openai" in str(err)
+        assert "download" in str(err).lower() and "vit_base_patch32_clip_224.openai" in str(err)
     else:
         pytest.skip("ViT-B-32/openai weights are cached here: nothing missing to report")
 
