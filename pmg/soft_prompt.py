@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -252,21 +252,6 @@ class SoftPreferenceModel(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Soft tokens, prefixes and mapper only (what a checkpoint needs; the LLM is reloaded by name)."""
         return {name: p.detach().clone() for name, p in self._trainable_parameters().items()}
-
-    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Load :meth:`trainable_state_dict` output; keys and shapes must match exactly."""
-        expected = self._trainable_parameters()
-        if set(state) != set(expected):
-            raise KeyError(
-                f"trainable keys differ: missing {sorted(set(expected) - set(state))}, "
-                f"unexpected {sorted(set(state) - set(expected))}"
-            )
-        for key, value in state.items():
-            if value.shape != expected[key].shape:
-                raise ValueError(f"{key}: shape {tuple(value.shape)} != {tuple(expected[key].shape)}")
-        with torch.no_grad():
-            for key, value in state.items():
-                expected[key].copy_(value)
 
     def count_parameters(self) -> dict[str, int]:
         """Trainable sizes: prefix S*layers*2*kv_heads*head_dim, soft L*hidden, mapper

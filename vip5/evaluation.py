@@ -21,8 +21,9 @@ import torch
 from common.io import write_json
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
+from vip5.candidate_scoring import score_candidates, t5_decode_fn, t5_self_attention
 from vip5.data import model_inputs, select_rows
-from vip5.decoding import ItemTrie, TrieLogitsProcessor, score_candidates, t5_decode_fn, t5_self_attention
+from vip5.trie import ItemTrie, TrieLogitsProcessor, rank_beams
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +149,8 @@ class Evaluator:
         total = 0
         for s, cand in zip(batch["samples"], beams):
             total += len(cand)
-            invalid += sum(c is None for c in cand)
-            seen: set[str] = set()
-            banned = set(s["history"]) if cfg.exclude_history else set()
-            ranked = []
-            for c in cand:  # duplicates keep their best rank (the original kept the worst)
-                if c is None or c in seen or c in banned:
-                    continue
-                seen.add(c)
-                ranked.append(c)
+            ranked, n_invalid = rank_beams(cand, set(s["history"]) if cfg.exclude_history else ())
+            invalid += n_invalid
             ranked = ranked[: cfg.num_beams]
             lists.append(ranked)
             ranks.append(ranked.index(s["target_item"]) if s["target_item"] in ranked else -1)
@@ -206,8 +200,8 @@ class Evaluator:
         """Teacher-forced log-likelihood of every candidate id, exact and batched.
 
         The prompt is encoded once per row; the row's candidates are then merged into one prefix tree decoded as
-        one sequence (:func:`vip5.decoding.score_candidates`), so the decoder cross-attends to the (long) prompt
-        once per row and a prefix shared by several ids is decoded once. ``max_positions`` bounds the decoder
+        one sequence (:func:`vip5.candidate_scoring.score_candidates`), so the decoder cross-attends to the (long)
+        prompt once per row and a prefix shared by several ids is decoded once. ``max_positions`` bounds the decoder
         positions (rows x tree nodes) per pass (memory).
         """
         model, t5 = self.model, self.model.t5

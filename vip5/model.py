@@ -215,21 +215,6 @@ class VIP5Model(nn.Module):
         """Only the trainable tensors, by parameter name: what an adapter checkpoint needs to hold."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by ``trainable_state_dict``.
-
-        Raises:
-            KeyError: a trainable parameter is missing, or a key is not a parameter of this model.
-        """
-        params = dict(self.named_parameters())
-        missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state_dict)
-        unexpected = sorted(set(state_dict) - set(params))
-        if missing or unexpected:
-            raise KeyError(f"trainable state dict mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}")
-        with torch.no_grad():
-            for name, value in state_dict.items():
-                params[name].copy_(value)
-
     # ------------------------------------------------------------------ inputs
     @contextmanager
     def adapter_tasks(self, tasks: TaskSpec) -> Iterator[None]:
@@ -369,27 +354,6 @@ class VIP5Model(nn.Module):
         if self.t5.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward (tied embeddings)
             hidden = hidden * (self.t5.model_dim**-0.5)
         return self.t5.lm_head(hidden), labels[rows, cols], rows
-
-    def decode_logits(
-        self,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor,
-        tasks: TaskSpec = None,
-    ) -> torch.Tensor:
-        """Teacher-forced decoder logits ``[N, T, V]`` for targets ``labels`` on precomputed encoder states.
-
-        For candidate scoring: ``labels`` holds token ids (``-100`` allowed, read as pad); the decoder input is
-        ``labels`` shifted right. Rows of ``encoder_hidden_states`` may repeat one sample per candidate.
-        """
-        decoder_input_ids = self.t5.prepare_decoder_input_ids_from_labels(labels=labels)
-        out = self.forward(
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            tasks=tasks,
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-        )
-        return out.logits
 
     @torch.no_grad()
     def generate(

@@ -193,11 +193,11 @@ def test_trainable_state_dict_round_trip(llm, tokenizer):
     src, dst = make(llm, seed=1), make(llm, seed=2)
     state = src.trainable_state_dict()
     assert set(state) == {"soft_tokens", "prefix", "mapper.weight", "mapper.bias"}
-    dst.load_trainable_state_dict(state)
+    # as PMGLitModule loads a checkpoint: non-strict, and only the frozen LLM may be missing
+    result = dst.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all(k.startswith("llm.") for k in result.missing_keys)
     with torch.no_grad():
         assert torch.equal(src(ids, mask), dst(ids, mask))
-    with pytest.raises(KeyError):
-        dst.load_trainable_state_dict({"soft_tokens": state["soft_tokens"]})
 
 
 def test_gradient_checkpointing_same_outputs_and_grads(llm, tokenizer):

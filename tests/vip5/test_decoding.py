@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from vip5.decoding import (
-    ItemTrie,
-    TrieLogitsProcessor,
-    beam_search_items,
-    candidate_forest,
-    invalid_rate,
-    rank_candidates,
-    score_candidates,
-    t5_decode_fn,
-    t5_self_attention,
-)
+from vip5.candidate_scoring import candidate_forest, score_candidates, t5_decode_fn, t5_self_attention
+from vip5.trie import ItemTrie, TrieLogitsProcessor, rank_beams
 
 EOS = 1
 
@@ -130,48 +120,46 @@ def test_exclusion_masks_only_excluded_branches(catalogue):
             assert allowed == expected
 
 
+def _beams(model, trie, num_beams=5, exclude=None, constrained=True, max_new_tokens=None):
+    """Per sample, the item each returned beam decodes to (best first, None for no item), searched as the
+    Evaluator does: the stock ``generate`` with the trie processor."""
+    processors = [TrieLogitsProcessor(trie, num_beams=num_beams, exclude=exclude)] if constrained else []
+    out = model.generate(**_inputs(), num_beams=num_beams, num_return_sequences=num_beams,
+                         max_new_tokens=max_new_tokens or trie.max_new_tokens, logits_processor=processors,
+                         early_stopping=True, do_sample=False)
+    items = [trie.item_of(s) for s in out.tolist()]
+    return [items[b * num_beams : (b + 1) * num_beams] for b in range(len(items) // num_beams)]
+
+
 def test_constrained_beam_search_returns_only_catalogue_items(model, catalogue):
     trie = ItemTrie(catalogue)
-    results = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5)
-    assert len(results) == 3
-    for r in results:
-        assert r.invalid == [] and len(r.items) == 5 and len(set(r.items)) == 5
-        assert all(i in catalogue for i in r.items)
-        assert r.scores == sorted(r.scores, reverse=True)
+    beams = _beams(model, trie)
+    assert len(beams) == 3
+    for decoded in beams:
+        ranked, invalid = rank_beams(decoded)
+        assert invalid == 0 and len(ranked) == 5 and all(i in catalogue for i in ranked)
     # same beams as HF's own prefix_allowed_tokens_fn constraint (the processor is a faster equivalent)
     ref = model.generate(**_inputs(), num_beams=5, num_return_sequences=5, max_new_tokens=trie.max_new_tokens,
                          prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn, early_stopping=True)
     ref_items = [trie.item_of(s) for s in ref.tolist()]
-    assert [i for r in results for i in sorted(r.items)] == [
-        i for b in range(3) for i in sorted(ref_items[b * 5 : (b + 1) * 5])
-    ]
-    excluded = [set(results[0].items[:2]), set(), set(results[2].items)]
-    again = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5, exclude=excluded)
-    for r, ex in zip(again, excluded):
-        assert len(r.items) == 5 and not (set(r.items) & ex)
-    assert again[1].items == results[1].items
+    assert [sorted(b) for b in beams] == [sorted(ref_items[b * 5 : (b + 1) * 5]) for b in range(3)]
+    excluded = [set(beams[0][:2]), set(), set(beams[2])]
+    again = _beams(model, trie, exclude=excluded)
+    for decoded, ex in zip(again, excluded):
+        assert None not in decoded and len(set(decoded)) == 5 and not (set(decoded) & ex)
+    assert again[1] == beams[1]
 
 
 def test_unconstrained_search_reports_invalid_ids(model, catalogue):
     trie = ItemTrie(catalogue)
-    results = beam_search_items(model.generate, _inputs(), trie, num_beams=5, k=5, constrained=False,
-                                max_new_tokens=4)
-    assert invalid_rate(results) > 0.5  # a random model rarely spells a catalogue id
-    assert all(i in catalogue for r in results for i in r.items)
+    ranked = [rank_beams(decoded) for decoded in _beams(model, trie, constrained=False, max_new_tokens=4)]
+    assert sum(n for _, n in ranked) / 15 > 0.5  # a random model rarely spells a catalogue id
+    assert all(i in catalogue for items, _ in ranked for i in items)
 
 
-def test_duplicates_keep_their_best_rank(catalogue):
-    trie = ItemTrie(catalogue)
-    seqs = [[0, 77, EOS], [0, 78, EOS], [0, 79, EOS], [0, *catalogue["item1"], EOS]]
-    fake = SimpleNamespace(
-        sequences=torch.tensor([s + [0] * (6 - len(s)) for s in seqs]),
-        sequences_scores=torch.tensor([-0.1, -0.2, -0.3, -0.4]),
-    )
-    decode = {77: "item5", 78: "junk", 79: "item5"}.get
-    res = beam_search_items(lambda **kw: fake, {}, trie, num_beams=4, k=4, constrained=False,
-                            decode_fn=lambda ids: decode(ids[1], "?"))
-    assert res[0].items == ["item5", "item1"] and res[0].invalid == ["junk"] and res[0].n_duplicates == 1
-    assert res[0].scores == pytest.approx([-0.1, -0.4])
+def test_duplicates_keep_their_best_rank():
+    ranked, invalid = rank_beams(["item5", None, "item5", "item1", "item2"], exclude={"item2"})
+    assert ranked == ["item5", "item1"] and invalid == 1
 
 
 def test_candidate_forest_shares_prefixes():
@@ -198,7 +186,7 @@ def test_likelihood_ranking_equals_brute_force(model, catalogue):
         enc = model.get_encoder()(**inputs).last_hidden_state
         decode = t5_decode_fn(model, enc, inputs["attention_mask"])
         kw = dict(start_token_id=0, eos_token_id=EOS)
-        got = rank_candidates(score_candidates(decode, t5_self_attention(model), cands, max_positions=40, **kw))
+        got = score_candidates(decode, t5_self_attention(model), cands, max_positions=40, **kw)
         mean = score_candidates(decode, t5_self_attention(model), cands, length_normalize=True, **kw)
         for r, row in enumerate(cands):
             brute = []
@@ -209,8 +197,5 @@ def test_likelihood_ranking_equals_brute_force(model, catalogue):
                 brute.append(torch.log_softmax(logits, -1)[0, torch.arange(labels.shape[1]), labels[0]].sum())
             brute = torch.stack(brute)
             lengths = torch.tensor([len(c) + 1 for c in row], dtype=torch.float)
-            assert torch.allclose(got.scores[r], brute, atol=1e-5)
+            assert torch.allclose(got[r], brute, atol=1e-5)
             assert torch.allclose(mean[r], brute / lengths, atol=1e-5)
-            assert got.rankings[r] == sorted(range(len(row)), key=lambda j: -brute[j].item())
-    ranked = got.ranked(names)
-    assert [sorted(x) for x in ranked] == [sorted(x) for x in names] and ranked[0][0] == names[0][got.rankings[0][0]]

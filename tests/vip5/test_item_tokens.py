@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from vip5.adapters import AdapterConfig
-from vip5.decoding import ItemTrie, TrieLogitsProcessor
 from vip5.item_embeddings import ItemTokenEmbedding, ItemTokenHead
 from vip5.model import VIP5Model
+from vip5.trie import ItemTrie, TrieLogitsProcessor
 
 TINY = dict(vocab_size=200, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
             dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)

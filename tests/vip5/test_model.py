@@ -220,9 +220,6 @@ def test_encode_once_then_score_candidates():
         scored = model(attention_mask=mask_k, labels=labels.repeat_interleave(k, 0), tasks=TASKS,
                        encoder_outputs=enc_k).logits
     assert torch.allclose(scored[::k], direct, atol=1e-6) and torch.allclose(scored[1::k], direct, atol=1e-6)
-    with torch.no_grad():
-        logits = model.decode_logits(enc.last_hidden_state, inputs["attention_mask"], labels, tasks=TASKS)
-    assert torch.allclose(logits, direct, atol=1e-6)
 
 
 def test_generate_beam_search_with_routing():
@@ -257,12 +254,10 @@ def test_trainable_state_dict_round_trip():
     fresh = tiny(seed=0, adapter=AdapterConfig(init="near_identity"), train_word_embeddings=True)
     want = trained(**inputs, labels=labels).logits
     assert not torch.allclose(fresh(**inputs, labels=labels).logits, want, atol=1e-4)
-    fresh.load_trainable_state_dict(sd)
+    # as VIP5LitModule loads an adapter checkpoint: non-strict, and only frozen tensors may be missing
+    result = fresh.load_state_dict(sd, strict=False)
+    assert not result.unexpected_keys and not set(result.missing_keys) & set(sd)
     assert torch.allclose(fresh(**inputs, labels=labels).logits, want, atol=1e-6)
-    with pytest.raises(KeyError, match="missing"):
-        fresh.load_trainable_state_dict({k: v for k, v in list(sd.items())[1:]})
-    with pytest.raises(KeyError, match="unexpected"):
-        fresh.load_trainable_state_dict({**sd, "not.a.param": torch.zeros(1)})
 
 
 def test_named_backbone_offline_says_what_to_download():
