@@ -1,8 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic file and folder writes: a reader sees the old file (folder) or the new one, never half of one.
 
-Hand-written because no dependency of ours offers it: write to a temporary file in the same folder,
-fsync, then ``os.replace`` (atomic on POSIX and Windows). An interrupted run leaves at most a stray
-``.tmp`` file, never a truncated output.
+Hand-written because no dependency of ours offers it: write to a temporary file (folder) in the same parent,
+then ``os.replace`` (atomic on POSIX and Windows). An interrupted run leaves at most a stray hidden ``.tmp`` file
+or folder, never a truncated output.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,33 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        raise
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out_dir`` to write into; it replaces ``out_dir`` only on success.
+
+    Readers never see a half-written folder: an old one is moved aside, the new one renamed into place, then the
+    old one deleted (between the two renames there is briefly no folder). The files are not fsynced one by one
+    (for a folder of many images that costs seconds); callers that must survive a power cut mark completeness
+    with a file written last. An interrupted write leaves at most a hidden ``.<name>.*`` folder beside ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it 0700; the folder should read like any other
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -13,16 +13,14 @@ Typical special tokens:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
+
+from common.io import atomic_dir
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token")
 
@@ -110,29 +108,3 @@ def build_word_tokenizer(
     with atomic_dir(out_dir) as tmp:
         fast.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(out_dir)
-
-
-@contextmanager
-def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``out_dir`` to write into; it replaces ``out_dir`` only on success.
-
-    Readers never see a half-written folder: an old one is moved aside, the new one renamed into place, then the
-    old one deleted (between the two renames there is briefly no folder). An interrupted write leaves at most a
-    hidden ``.<name>.*`` folder beside ``out_dir``.
-    TODO(common.io): a folder twin of ``common.io.atomic_open``; move it there.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        yield tmp
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from common.data.corpus import Corpus, Item
+from common.hashing import stable_hash
 from common.weights import model_not_available
-from pmg.cache import JsonlStore, stable_hash
+from pmg.cache import JsonlStore
 from pmg.prompts import ScenarioPrompts, render_history, render_template
 from pmg.text_generator import TextGenerator
 

@@ -11,7 +11,6 @@ One writer per file: two processes appending to the same store is not supported 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,12 +21,6 @@ from typing import Any
 from common.io import atomic_open
 
 log = logging.getLogger(__name__)
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Short sha256 of a string or of a JSON-serialisable object (keys sorted): a cache-key component."""
-    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
 class JsonlStore:

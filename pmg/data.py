@@ -8,7 +8,6 @@ is cached on disk; reruns read the cache.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torch.utils.data import Dataset
 
 from common.data.corpus import Corpus
 from common.data.datamodule import RecData, SampleBuilder, Split
+from common.hashing import stable_hash
 from pmg.behaviour import BehaviourText
 from pmg.diffusion import load_image_tensor
 from pmg.keywords import KeywordExtractor, TfidfKeywordExtractor
@@ -47,11 +47,6 @@ class PMGDataConfig:
     n_preference_keywords: int = 10
     n_target_keywords: int = 5
     max_prompt_length: int = 256
-
-
-def digest(parts) -> str:
-    """Short content hash of strings (cache folder names, per-sample seeds)."""
-    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
 def local_image(corpus: Corpus, item_id: str) -> str | None:
@@ -148,7 +143,8 @@ class PMGSampleBuilder(SampleBuilder):
         from common.tiny_tokenizer import build_word_tokenizer
 
         texts = self.vocabulary_texts()
-        folder = self.data.cache_dir / f"pmg_llm_tokenizer_{digest(texts)}"
+        digest = stable_hash("\n".join(texts), 12)
+        folder = self.data.cache_dir / f"pmg_llm_tokenizer_{digest}"
         if (folder / "tokenizer.json").exists():
             from transformers import PreTrainedTokenizerFast
 

@@ -26,7 +26,8 @@ from torch import Tensor
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from common.data.corpus import DataError
-from common.tiny_tokenizer import atomic_dir, build_word_tokenizer
+from common.io import atomic_dir
+from common.tiny_tokenizer import build_word_tokenizer
 from common.weights import model_not_available
 
 #: SD-1.5's special tokens; it pads with its end token.

@@ -20,8 +20,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.hashing import stable_hash
 from common.io import write_json
-from pmg.data import PMGDataConfig, PMGSampleBuilder, digest
+from pmg.data import PMGDataConfig, PMGSampleBuilder
 from pmg.keywords import KeywordExtractor
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class PMGLitModule(L.LightningModule):
         if hp.stable_diffusion:
             self.sd = load_sd_components(hp.stable_diffusion)
         else:
-            folder = builder.data.cache_dir / f"pmg_clip_tokenizer_{digest(builder.vocabulary_texts())}"
+            digest = stable_hash("\n".join(builder.vocabulary_texts()), 12)
+            folder = builder.data.cache_dir / f"pmg_clip_tokenizer_{digest}"
             self.sd = tiny_sd_components(folder, texts=builder.vocabulary_texts(), image_size=hp.image_size,
                                          seed=hp.seed)
         builder.image_size = self.sd.image_size
@@ -329,7 +331,7 @@ class PMGLitModule(L.LightningModule):
         for j, s in enumerate(batch["samples"]):
             pref, target = batch["pref_keywords"][j], batch["target_keywords"][j]
             pref_kw = pref if self.hparams.use_keywords else []
-            seed = self.gen_config.seed + int(digest([s["user"], s["target"]]), 16) % 100_000
+            seed = self.gen_config.seed + int(stable_hash(f"{s['user']}\n{s['target']}", 12), 16) % 100_000
             images = self.generator.generate(target, pref_kw, None if soft is None else soft[j], self.gen_config.grid,
                                              seed=seed)
             best, scores = select_best(images, pref, target, self.scorer, alpha=self.gen_config.alpha)

@@ -39,7 +39,6 @@ def test_shipped_sweeps_cover_the_papers_studies():
 
     encoders = _values(load["vip5_rq3_encoder"], "data.init_args.image_encoder")
     assert encoders == ["rn50", "rn101", "vitb32", "vitb16", "vitl14"] and set(encoders) <= set(ENCODERS)
-    import common.data.item_ids  # noqa: F401  (registers the token schemes)
     from common.data.indexing import INDEXINGS
 
     schemes = _values(load["vip5_rq3_indexing"], "data.init_args.indexing")

@@ -7,7 +7,6 @@ training templates. Test prompts are deterministic (fixed separator, fixed candi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.data.datamodule import RecData, SampleBuilder, Split
 from common.data.splits import sample_users
+from common.hashing import stable_hash
 from vip5 import prompts as P
 from vip5.tokenizer import IMAGE_TOKEN, batch_whole_word_ids, load_tokenizer, train_sentencepiece
 
@@ -183,7 +183,7 @@ class VIP5SampleBuilder(SampleBuilder):
 
     def token_content(self) -> torch.Tensor:
         """Per item-id token, the mean image + text content of its items (content-based initialisation)."""
-        from common.data.item_ids import token_content
+        from common.data.indexing.tokens import token_content
 
         return token_content(self.data.index, self.data.corpus, self.features)
 
@@ -237,7 +237,7 @@ class VIP5SampleBuilder(SampleBuilder):
             return load_tokenizer(self.tokenizer_spec)
         if self.spiece_bytes is None:
             texts = self._tokenizer_corpus()
-            digest = hashlib.sha256("\n".join(["bpe split_digits", *texts]).encode()).hexdigest()[:12]
+            digest = stable_hash("\n".join(["bpe split_digits", *texts]), 12)
             folder = self.data.cache_dir / f"spiece_{self.tokenizer_vocab_size}_{digest}"
             if not (folder / "spiece.model").exists():
                 # digits one by one: otherwise user-id numbers crowd the prompt words out of a small vocabulary
@@ -249,7 +249,7 @@ class VIP5SampleBuilder(SampleBuilder):
     def _tokenizer_from_bytes(self, data: bytes):
         from common.io import write_bytes
 
-        folder = self.data.cache_dir / f"spiece_ckpt_{hashlib.sha256(data).hexdigest()[:12]}"
+        folder = self.data.cache_dir / f"spiece_ckpt_{stable_hash(data, 12)}"
         if not (folder / "spiece.model").exists():
             write_bytes(folder / "spiece.model", data)
         return load_tokenizer(folder)

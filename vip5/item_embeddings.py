@@ -35,7 +35,7 @@ class ItemTokenEmbedding(nn.Module):
         scale: the rows' initial std relative to the base table's (1 = the same). Larger rows stand out among
             the prompt's word tokens, so a from-scratch model learns to read them sooner (``bench/vip5_indexing.py``
             measures it); ``mean`` keeps its 1% noise relative to the scaled std.
-        content: ``[n_item_tokens, d]`` per-token content (``common.data.item_ids.token_content``), for
+        content: ``[n_item_tokens, d]`` per-token content (``common.data.indexing.tokens.token_content``), for
             ``init="content"``.
     """
 

@@ -102,7 +102,7 @@ class RecDataModule(L.LightningDataModule):
         data_dir: folder with the source files (see README "Data").
         indexing: item identifier scheme: ``original``, ``appearance`` (P5's leaky numbering), ``sequential``
             (leak-free, default), ``random``, or the token schemes ``atomic``, ``collaborative``, ``semantic``
-            (``common.data.item_ids``). Fitted ids are cached next to the features (or in ``cache/``).
+            (``common.data.indexing.tokens``). Fitted ids are cached next to the features (or in ``cache/``).
         indexing_options: keyword options of the scheme, e.g. ``{n_clusters: 8}`` (collaborative) or
             ``{levels: 3, codebook_size: 16}`` (semantic).
         image_encoder: CLIP encoder preset for item-image features (``vitb32``, ``rn50``, ``demo-tiny`` ...)

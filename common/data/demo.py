@@ -24,10 +24,8 @@ import csv
 import gzip
 import io
 import json
-import os
 import pickle
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from common.io import write_bytes, write_text
+from common.io import atomic_dir, write_bytes, write_text
 
 VERSION = 1
 DOMAINS = ("amazon", "pog", "movielens")
@@ -206,25 +204,11 @@ def _render(rng: np.random.Generator, colour: str, shape: str, pattern: str, siz
 
 
 def _write_images(folder: Path, images: dict[str, bytes]) -> None:
-    """Write ``name -> PNG`` into a staging folder, then move the folder into place in one rename.
-
-    One ``os.replace`` of the whole folder keeps it atomic without an fsync per image (which would cost
-    seconds); completeness of the whole demo is marked by ``_DONE``, written last.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    """Write ``name -> PNG`` into a staging folder that replaces ``folder`` in one rename; completeness of the
+    whole demo is marked by ``_DONE``, written last."""
+    with atomic_dir(folder) as staging:
         for name, data in images.items():
             (staging / name).write_bytes(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a data folder should read like any other
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pmg.cache import KeywordCache, stable_hash
+from common.hashing import stable_hash
+from pmg.cache import KeywordCache
 
 log = logging.getLogger(__name__)
 

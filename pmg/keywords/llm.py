@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pmg.cache import stable_hash
+from common.hashing import stable_hash
 from pmg.keywords.base import KeywordExtractor
 from pmg.keywords.parse import parse_keywords
 from pmg.prompts import ScenarioPrompts, render_history

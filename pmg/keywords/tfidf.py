@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pmg.cache import stable_hash
+from common.hashing import stable_hash
 from pmg.keywords.base import KeywordExtractor
 from pmg.keywords.parse import is_term
 

@@ -11,7 +11,7 @@ import torch
 from common.data.clustering import kmeans, residual_codes, residual_kmeans, spectral_clusters, tfidf_embeddings
 from common.data.corpus import Corpus, Item, User
 from common.data.indexing import ItemIndex, build_indexing
-from common.data.item_ids import CollaborativeIndexing, SemanticIndexing
+from common.data.indexing.tokens import CollaborativeIndexing, SemanticIndexing
 from common.data.splits import leave_one_out
 
 
@@ -152,7 +152,7 @@ def test_item_leaf_keeps_the_prefix_and_ends_each_id_with_the_items_own_token(sc
 
 
 def test_default_codebook_size_groups_items_under_an_item_leaf_and_separates_them_under_a_shared_one():
-    from common.data.item_ids import default_codebook_size
+    from common.data.indexing.tokens import default_codebook_size
 
     assert default_codebook_size(150, 1, "item") == 13  # ceil(sqrt(150)): cells of ~12 items
     assert default_codebook_size(27, 2, "item") == 3 + 1  # 27^(1/3) = 3, clamped up to 4
@@ -212,7 +212,7 @@ def test_index_round_trips_through_dict_and_file(tmp_path):
 
 
 def test_token_content_averages_the_items_behind_each_token():
-    from common.data.item_ids import content_vectors, token_content
+    from common.data.indexing.tokens import content_vectors, token_content
 
     c = corpus_with_groups()
     feats = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
@@ -228,7 +228,7 @@ def test_token_content_averages_the_items_behind_each_token():
 
 
 def test_token_content_needs_id_tokens():
-    from common.data.item_ids import token_content
+    from common.data.indexing.tokens import token_content
 
     c = corpus_with_groups()
     with pytest.raises(ValueError, match="'random' writes ids as text"):

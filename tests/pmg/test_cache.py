@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pmg.cache import JsonlStore, KeywordCache, stable_hash
+from common.hashing import stable_hash
+from pmg.cache import JsonlStore, KeywordCache
 
 
 def _fill(store: JsonlStore, keys: list[str], log: list[str]) -> None:

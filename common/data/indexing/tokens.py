@@ -32,7 +32,7 @@ import torch
 
 from common.data.clustering import residual_codes, residual_kmeans, spectral_clusters, tfidf_embeddings
 from common.data.corpus import Corpus
-from common.data.indexing import ItemIndex, ItemIndexing, register_indexing
+from common.data.indexing.base import ItemIndex, ItemIndexing, register_indexing
 from common.data.splits import LeaveOneOut, leave_one_out
 
 log = logging.getLogger(__name__)
