@@ -95,10 +95,30 @@ def select_rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What one sample is made of; :meth:`VIP5SampleBuilder.make` renders it (lazily, seeded per index).
+
+    Attributes:
+        family: ``sequential``, ``direct`` or ``explanation``.
+        split: whose history and target (``train``, ``val``, ``test``), or whose review (explanation).
+        user: the user of a sequential or direct sample; None for explanation samples.
+        review: index into the split's reviews (explanation samples).
+        template: a fixed template id (test and predict samples); None draws one of the family's training
+            templates.
+    """
+
+    family: str
+    split: Split = "train"
+    user: str | None = None
+    review: int | None = None
+    template: str | None = None
+
+
 class _Samples(Dataset):
     """A list of sample recipes; ``make(recipe, rng)`` renders one (lazily, seeded per index)."""
 
-    def __init__(self, builder: VIP5SampleBuilder, recipes: list[tuple], seed: int, train: bool) -> None:
+    def __init__(self, builder: VIP5SampleBuilder, recipes: list[Recipe], seed: int, train: bool) -> None:
         self.builder, self.recipes, self.seed, self.train = builder, recipes, seed, train
 
     def __len__(self) -> int:
@@ -303,18 +323,18 @@ class VIP5SampleBuilder(SampleBuilder):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _train_recipes(self, epoch: int) -> list[tuple]:
+    def _train_recipes(self, epoch: int) -> list[Recipe]:
         c, split = self.config, self.data.split
         users = list(split.train)
-        recipes: list[tuple] = []
+        recipes: list[Recipe] = []
         fams = self.train_templates if hasattr(self, "train_templates") else {}
         if fams.get("sequential"):
-            recipes += [("sequential", u, None) for u in users for _ in range(c.sequential_samples)]
+            recipes += [Recipe("sequential", user=u) for u in users for _ in range(c.sequential_samples)]
         if fams.get("direct"):
-            recipes += [("direct", u, None) for u in users for _ in range(c.direct_samples)]
+            recipes += [Recipe("direct", user=u) for u in users for _ in range(c.direct_samples)]
         if fams.get("explanation"):
             n = len(self.data.reviews.get("train", []))
-            recipes += [("explanation", None, i) for i in range(n) for _ in range(c.explanation_samples)]
+            recipes += [Recipe("explanation", review=i) for i in range(n) for _ in range(c.explanation_samples)]
         return recipes
 
     def dataset(self, split: Split, template: str | None = None) -> Dataset:
@@ -323,10 +343,11 @@ class VIP5SampleBuilder(SampleBuilder):
             return _Samples(self, self._train_recipes(self.epoch), c.seed * 1000 + self.epoch, train=True)
         if split == "val":
             users = list(self.data.split.val)
-            recipes = [(fam, u, "val") for fam in ("sequential", "direct") if self.train_templates.get(fam)
+            recipes = [Recipe(fam, "val", user=u) for fam in ("sequential", "direct") if self.train_templates.get(fam)
                        for u in users]
             if self.train_templates.get("explanation"):
-                recipes += [("explanation", None, ("val", i)) for i in range(len(self.data.reviews.get("val", [])))]
+                n = len(self.data.reviews.get("val", []))
+                recipes += [Recipe("explanation", "val", review=i) for i in range(n)]
             return _Samples(self, recipes, c.seed, train=False)
         if split == "test":
             return _Samples(self, self._test_recipes(template), c.seed, train=False)
@@ -335,15 +356,16 @@ class VIP5SampleBuilder(SampleBuilder):
             unknown = [u for u in users if u not in self.data.split.test]
             if unknown:
                 raise ValueError(f"unknown users for prediction: {unknown[:10]}")
-            return _Samples(self, [("sequential", u, ("test", "A-3")) for u in users], c.seed, train=False)
+            return _Samples(self, [Recipe("sequential", "test", u, template="A-3") for u in users], c.seed, train=False)
         raise ValueError(f"unknown split {split!r}")
 
-    def _test_recipes(self, template: str) -> list[tuple]:
+    def _test_recipes(self, template: str) -> list[Recipe]:
         fam = self.available[template].family
         if fam == "explanation":
-            return [("explanation", None, ("test", i, template)) for i in range(len(self.data.reviews.get("test", [])))]
+            n = len(self.data.reviews.get("test", []))
+            return [Recipe(fam, "test", review=i, template=template) for i in range(n)]
         users = sample_users(list(self.data.split.test), self.test_users, self.config.seed)
-        return [(fam, u, ("test", template)) for u in users]
+        return [Recipe(fam, "test", u, template=template) for u in users]
 
     def dataloaders(self, split: Split, batch_size: int, num_workers: int):
         if split != "test":
@@ -380,28 +402,27 @@ class VIP5SampleBuilder(SampleBuilder):
         negatives = [i for i in list(self.data.negatives.get(user, ()))[: self.config.n_candidates - 1] if i != target]
         return negatives + [target] if negatives else None
 
-    def make(self, recipe: tuple, rng: random.Random, train: bool) -> dict[str, Any]:
-        family, user, spec = recipe
-        if family == "explanation":
-            return self._make_explanation(spec, rng, train)
-        return self._make_user(family, user, spec, rng, train)
+    def make(self, recipe: Recipe, rng: random.Random, train: bool) -> dict[str, Any]:
+        if recipe.family == "explanation":
+            return self._make_explanation(recipe, rng, train)
+        return self._make_user(recipe, rng, train)
 
-    def _pick(self, family: str, rng: random.Random, spec) -> P.Template:
-        if isinstance(spec, tuple) and spec[0] == "test":
-            return self.available[spec[-1]]
+    def _pick(self, recipe: Recipe, rng: random.Random) -> P.Template:
+        if recipe.template is not None:
+            return self.available[recipe.template]
         # training, and validation (its rng is seeded per sample, so the draw is fixed)
-        return rng.choice(self.train_templates[family])
+        return rng.choice(self.train_templates[recipe.family])
 
-    def _history_target(self, family: str, user: str, spec, rng: random.Random) -> tuple[list[str], str, list[str]]:
+    def _history_target(self, recipe: Recipe, rng: random.Random) -> tuple[list[str], str, list[str]]:
         """(history, target, later items): the later items continue a sequential training target
         (``target_items - 1`` at most; none elsewhere)."""
-        split = self.data.split
-        if isinstance(spec, tuple) and spec[0] == "test":
+        split, user = self.data.split, recipe.user
+        if recipe.split == "test":
             return (*split.test[user], [])
-        if spec == "val":
+        if recipe.split == "val":
             return (*split.val[user], [])
         train = split.train[user]
-        if family == "direct":
+        if recipe.family == "direct":
             t = rng.randrange(len(train))
             return train[:t], train[t], []
         n = len(train)
@@ -413,9 +434,10 @@ class VIP5SampleBuilder(SampleBuilder):
         hist = [i for i in train[:t] if i != train[t]]
         return hist, train[t], train[t + 1: t + self.config.target_items]
 
-    def _make_user(self, family: str, user: str, spec, rng: random.Random, train: bool) -> dict[str, Any]:
-        tpl = self._pick(family, rng, spec)
-        history, target, later = self._history_target(family, user, spec, rng)
+    def _make_user(self, recipe: Recipe, rng: random.Random, train: bool) -> dict[str, Any]:
+        family, user = recipe.family, recipe.user
+        tpl = self._pick(recipe, rng)
+        history, target, later = self._history_target(recipe, rng)
         history = history[-self.config.max_history :] if self.config.max_history else history
         shown = history[::-1] if self.config.history_order == "newest_first" else history
         fields: dict[str, Any] = {"user_id": user, "user_desc": self._user_desc(user), "history": [
@@ -425,7 +447,7 @@ class VIP5SampleBuilder(SampleBuilder):
         answer_item = target
         label = None
         if tpl.target_kind == "yes_no":
-            positive = rng.random() < 0.5 if train or spec == "val" else True
+            positive = rng.random() < 0.5 if train or recipe.split == "val" else True
             item = target if positive else self._negatives(user, 1, rng, set())[0]
             label = "yes" if positive else "no"
             answer_item = item
@@ -434,7 +456,7 @@ class VIP5SampleBuilder(SampleBuilder):
             image_items["item"] = [item]
         candidates = None
         if "candidates" in tpl.requires:
-            if isinstance(spec, tuple) and spec[0] == "test" or spec == "val":
+            if recipe.split in ("val", "test"):
                 negs = list(self.data.negatives[user])[: self.config.n_candidates - 1]
                 crng = P.sample_rng(self.config.seed, "candidates", user)  # same lists in every run and rank
                 candidates = negs + [target]
@@ -457,16 +479,9 @@ class VIP5SampleBuilder(SampleBuilder):
             "user": user, "target_item": answer_item, "candidates": candidates, "history": history,
         }
 
-    def _make_explanation(self, spec, rng: random.Random, train: bool) -> dict[str, Any]:
-        if isinstance(spec, tuple):
-            split_name, idx = spec[0], spec[1]
-        else:
-            split_name, idx = "train", spec
-        review = self.data.reviews[split_name][idx]
-        if isinstance(spec, tuple) and len(spec) == 3:
-            tpl = self.available[spec[2]]
-        else:
-            tpl = rng.choice(self.train_templates["explanation"])
+    def _make_explanation(self, recipe: Recipe, rng: random.Random, train: bool) -> dict[str, Any]:
+        review = self.data.reviews[recipe.split][recipe.review]
+        tpl = self._pick(recipe, rng)
         item = self.data.corpus.items[review.item_id]
         rating = review.rating if review.rating is not None else 0
         fields = {

@@ -248,7 +248,7 @@ class Evaluator:
             r = torch.tensor(ranks, dtype=torch.long)
             if gather is not None:
                 r = gather(r).reshape(-1)
-            seq = template.startswith("A")
+            seq = self.builder.available[template].family == "sequential"
             ks = self.config.sequential_ks if seq else self.config.direct_ks
             row: dict[str, Any] = {"n": int(r.numel())}
             for k in ks:

@@ -140,7 +140,7 @@ def test_training_on_some_families_validates_on_those_only(demo_data, tmp_path):
     builder = dm.sample_builder
     for split in ("train", "val"):
         ds = builder.dataset(split)
-        assert {r[0] for r in ds.recipes} == {"sequential"}, split
+        assert {r.family for r in ds.recipes} == {"sequential"}, split
         assert ds[0]["source"] and ds[len(ds) - 1]["target"]
 
 
