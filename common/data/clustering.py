@@ -1,17 +1,15 @@
 """Clustering for item identifiers: k-means, residual k-means, spectral clustering, TF-IDF text embeddings.
 
-Hand-written in torch because none of the framework's dependencies offers them (scikit-learn is not one):
-each is a few lines of linear algebra, seeded through a ``torch.Generator`` so that the same inputs and seed
-give the same codes on every machine.
+The clusterings are hand-written in torch (scikit-learn's would add nothing: each is a few lines of linear
+algebra), seeded through a ``torch.Generator`` so that the same inputs and seed give the same codes on every
+machine. TF-IDF is scikit-learn's, the one PMG's keywords use too.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -105,29 +103,25 @@ def spectral_clusters(adjacency: torch.Tensor, k: int, seed: int = 0) -> torch.T
     return kmeans(emb.float(), k, seed=seed)[1]
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
 def tfidf_embeddings(texts: Sequence[str], dim: int = 64, max_vocab: int = 4096) -> torch.Tensor:
     """Latent semantic text embeddings: L2-normalised TF-IDF rows projected on their top ``dim`` singular vectors.
 
-    Words are lower-case alphanumeric runs, the vocabulary is the ``max_vocab`` most document-frequent words
-    seen in at least two texts. Returns ``[len(texts), dim']`` with ``dim' <= dim`` (fewer when the vocabulary
-    is smaller); an all-empty corpus gives ``[N, 0]``.
+    TF-IDF is scikit-learn's (raw counts, smooth idf), as for PMG's keywords. Words are lower-case alphanumeric
+    runs, the vocabulary is the ``max_vocab`` most document-frequent words seen in at least two texts. Returns
+    ``[len(texts), dim']`` with ``dim' <= dim`` (fewer when the vocabulary is smaller); an all-empty corpus gives
+    ``[N, 0]``.
     """
-    docs = [_WORD.findall((t or "").lower()) for t in texts]
-    df = Counter(w for d in docs for w in set(d))
-    vocab = [w for w, c in sorted(df.items(), key=lambda kv: (-kv[1], kv[0])) if c >= 2][:max_vocab]
-    if not vocab:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(token_pattern=r"[a-z0-9]+", min_df=2, norm=None, dtype=np.float64)
+    try:
+        x = vectorizer.fit_transform([t or "" for t in texts])
+    except ValueError:  # no word in two texts: no vocabulary
         return torch.zeros(len(texts), 0)
-    col = {w: j for j, w in enumerate(vocab)}
-    m = torch.zeros(len(texts), len(vocab), dtype=torch.float64)
-    for i, d in enumerate(docs):
-        for w, c in Counter(d).items():
-            if w in col:
-                m[i, col[w]] = c
-    idf = torch.tensor([math.log((1 + len(texts)) / (1 + df[w])) + 1.0 for w in vocab], dtype=torch.float64)
-    m = m * idf
+    terms = vectorizer.get_feature_names_out()
+    df = np.asarray((x > 0).sum(0)).ravel()
+    keep = sorted(range(len(terms)), key=lambda j: (-df[j], terms[j]))[:max_vocab]
+    m = torch.from_numpy(x[:, keep].toarray())
     m = m / m.norm(dim=1, keepdim=True).clamp_min(1e-12)
     u, s, _ = torch.linalg.svd(m - m.mean(0), full_matrices=False)
     r = min(dim, int((s > 1e-9).sum()))
