@@ -148,20 +148,6 @@ class KeywordCache(JsonlStore):
     def make_key(kind: str, ident: str, prompt_hash: str, extractor_id: str) -> str:
         return f"{kind}:{ident}|{prompt_hash}|{extractor_id}"
 
-    def put_keywords(
-        self,
-        key: str,
-        *,
-        prompt_hash: str,
-        model_id: str,
-        decoding: dict,
-        raw: Any,
-        parsed: list[str],
-        reason: str | None = None,
-        **extra: Any,
-    ) -> None:
-        self.put(key, self.make_record(prompt_hash, model_id, decoding, raw, parsed, reason, **extra))
-
     @staticmethod
     def make_record(
         prompt_hash: str,

@@ -81,8 +81,7 @@ def test_keyword_cache_record(tmp_path):
     c = KeywordCache(tmp_path / "kw.jsonl")
     key = KeywordCache.make_key("item", "42", "abc", "llama|d1")
     assert key == "item:42|abc|llama|d1"
-    c.put_keywords(key, prompt_hash="abc", model_id="llama", decoding={"do_sample": False}, raw={"target": "1. x"},
-                   parsed=["x"])
+    c.put(key, KeywordCache.make_record("abc", "llama", {"do_sample": False}, {"target": "1. x"}, ["x"]))
     rec = KeywordCache(tmp_path / "kw.jsonl").get(key)
     assert rec["raw"] == {"target": "1. x"} and rec["parsed"] == ["x"] and rec["reason"] is None
     assert rec["model_id"] == "llama" and rec["decoding"] == {"do_sample": False} and rec["prompt_hash"] == "abc"
