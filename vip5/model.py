@@ -271,6 +271,12 @@ class VIP5Model(nn.Module):
         return torch.where(fill.unsqueeze(-1), picked.to(embeds.dtype), embeds)
 
     # ------------------------------------------------------------------ model calls
+    def _attention_mask(self, input_ids: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The given mask, or the non-pad positions of ``input_ids`` (None when both are None)."""
+        if mask is None and input_ids is not None:
+            mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        return mask
+
     def encode(
         self,
         input_ids: torch.Tensor,
@@ -281,8 +287,7 @@ class VIP5Model(nn.Module):
         image_counts: torch.Tensor | None = None,
     ) -> BaseModelOutput:
         """Run the encoder once (e.g. to score many candidates with ``forward(encoder_outputs=...)``)."""
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        attention_mask = self._attention_mask(input_ids, attention_mask)
         embeds = self.embed_inputs(input_ids, whole_word_ids, image_feats, image_counts)
         with self.adapter_tasks(tasks):
             out = self.t5.encoder(inputs_embeds=embeds, attention_mask=attention_mask, return_dict=True)
@@ -306,8 +311,7 @@ class VIP5Model(nn.Module):
         With ``encoder_outputs`` (from ``encode``) the encoder is skipped; its rows may be repeated k times per
         sample (``repeat_interleave``) to score k candidates, and ``tasks`` may stay one per sample.
         """
-        if attention_mask is None and input_ids is not None:
-            attention_mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        attention_mask = self._attention_mask(input_ids, attention_mask)
         with self.adapter_tasks(tasks):
             if encoder_outputs is None:
                 encoder_outputs = self.encode(
@@ -338,8 +342,7 @@ class VIP5Model(nn.Module):
         the ``N`` positions with ``labels != -100`` instead of every padded position, and no second loss is
         computed inside T5 (``forward(labels=...)`` computes the stock one).
         """
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        attention_mask = self._attention_mask(input_ids, attention_mask)
         with self.adapter_tasks(tasks):
             encoded = self.encode(input_ids, attention_mask, whole_word_ids, image_feats, None, image_counts)
             hidden = self.t5.decoder(
@@ -367,8 +370,7 @@ class VIP5Model(nn.Module):
         **generate_kwargs: Any,
     ) -> Any:
         """Encode once, then the stock ``T5ForConditionalGeneration.generate`` (all its kwargs work)."""
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.t5.config.pad_token_id).long()
+        attention_mask = self._attention_mask(input_ids, attention_mask)
         with self.adapter_tasks(tasks):
             encoder_outputs = self.encode(input_ids, attention_mask, whole_word_ids, image_feats, None, image_counts)
             return self.t5.generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generate_kwargs)
