@@ -60,8 +60,18 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         old = None
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
+            try:
+                os.replace(out_dir, old / out_dir.name)
+            except FileNotFoundError:  # a concurrent writer (another DDP rank) moved it first
+                pass
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not out_dir.is_dir():
+                raise
+            # a concurrent writer put its folder in place between our two renames: keep that one (processes that
+            # build the same folder at once build the same content)
+            shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

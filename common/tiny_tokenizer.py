@@ -107,4 +107,6 @@ def build_word_tokenizer(
 
     with atomic_dir(out_dir) as tmp:
         fast.save_pretrained(tmp)
-    return PreTrainedTokenizerFast.from_pretrained(out_dir)
+        # read back from our own copy: under DDP another rank may be replacing out_dir with the same tokenizer
+        loaded = PreTrainedTokenizerFast.from_pretrained(tmp)
+    return loaded

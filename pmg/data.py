@@ -65,7 +65,8 @@ class _List(Dataset):
         return len(self.items)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        return self.items[idx]
+        # the index identifies the sample when DDP ranks' results are merged (common.distributed)
+        return {**self.items[idx], "index": idx}
 
 
 class PMGSampleBuilder(SampleBuilder):
@@ -111,13 +112,6 @@ class PMGSampleBuilder(SampleBuilder):
 
             self.keywords.cache = KeywordCache(data.cache_dir / "pmg_keywords.jsonl")
         return self.keywords
-
-    def prepare(self, data_dir, corpus: Corpus) -> None:
-        """Rank 0, before setup: item texts and keywords for every sample, written to the on-disk caches, so that
-        ``connect`` on every rank only reads them (no concurrent writers under DDP)."""
-        from common.data.splits import leave_one_out
-
-        self._build(RecData(corpus, leave_one_out(corpus), {}, {}, None, None, data_dir / "cache", 0))
 
     def connect(self, data: RecData) -> None:
         self._build(data)

@@ -244,17 +244,20 @@ def diffusion_loss(
     condition: Tensor,
     generator: torch.Generator | None = None,
     timesteps: Tensor | None = None,
+    noise: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
-    """Denoising loss of the frozen UNet: fp32 MSE (mean) between its prediction and the target.
+    """Denoising loss of the frozen UNet: fp32 MSE between its prediction and the target.
 
     ``latents`` are scaled VAE latents ``[B, 4, h, w]``, ``condition`` the text states ``[B, 77, d_te]``.
-    t ~ U{0..T-1} unless ``timesteps`` are given; noise and t come from ``generator``, on its device. The target
-    is the noise (epsilon prediction, SD-1.5) or the velocity for v-prediction schedulers. No SNR weighting, no
-    offset noise (as PMG-Bench).
+    t ~ U{0..T-1} unless ``timesteps`` are given, and the noise is drawn unless ``noise`` is given; drawn values
+    come from ``generator``, on its device. The target is the noise (epsilon prediction, SD-1.5) or the velocity
+    for v-prediction schedulers. No SNR weighting, no offset noise (as PMG-Bench). ``reduction``: ``mean`` (one
+    number) or ``none`` (the MSE of each sample, ``[B]``).
     """
     unet = c.unet
     latents = latents.to(device=unet.device, dtype=unet.dtype)
-    noise = _randn(latents, generator)
+    noise = _randn(latents, generator) if noise is None else noise.to(latents)
     if timesteps is None:
         n_steps = c.noise_scheduler.config.num_train_timesteps
         device = generator.device if generator is not None else latents.device
@@ -269,6 +272,8 @@ def diffusion_loss(
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
     pred = unet(noisy, timesteps, encoder_hidden_states=condition.to(unet.dtype)).sample
+    if reduction == "none":
+        return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
     return F.mse_loss(pred.float(), target.float())
 
 

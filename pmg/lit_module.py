@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.distributed import gather_keyed
 from common.hashing import stable_hash
 from common.io import write_json
 from pmg.data import PMGDataConfig, PMGSampleBuilder
@@ -269,12 +270,38 @@ class PMGLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["samples"]))
         return loss
 
+    @torch.no_grad()
+    def sample_losses(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Validation loss of each sample, ``[B]``, with the latent sample, noise and timestep drawn from a generator
+        seeded by the sample itself: comparable across epochs, and the same however the samples are batched or
+        split across devices."""
+        from pmg.diffusion import diffusion_loss
+
+        self._frozen_to_device()
+        samples = batch["samples"]
+        mean, std = self.latent_params([s["target"] for s in samples], batch["images"])
+        seeds = [int(stable_hash(f"{s['user']}\n{s['split']}\n{s['target']}", 12), 16) for s in samples]
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean)
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
+        steps = self.sd.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in gens])
+        return diffusion_loss(self.sd, (mean + std * eps) * self.sd.latent_scale, self.condition(batch),
+                              timesteps=timesteps, noise=noise, reduction="none")
+
+    # The validation loss is the mean over the whole validation split, from per-sample losses merged across DDP
+    # ranks by sample index (common.distributed), so it does not change with the number of devices.
+    def on_validation_epoch_start(self) -> None:
+        self._val_losses: dict[int, float] = {}
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # a fixed noise/timestep draw per batch makes the validation loss comparable across epochs
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1000 + batch_idx)
-            loss = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["samples"]))
+        for s, loss in zip(batch["samples"], self.sample_losses(batch).tolist()):
+            self._val_losses[s["index"]] = loss
+
+    def on_validation_epoch_end(self) -> None:
+        losses = list(gather_keyed(self._val_losses).values())
+        if losses:  # every rank holds the same value; sync_dist only keeps Lightning from warning
+            self.log("val/loss", sum(losses) / len(losses), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.soft.parameters() if p.requires_grad]
@@ -340,23 +367,26 @@ class PMGLitModule(L.LightningModule):
         return results
 
     def on_predict_start(self) -> None:
-        self._predictions: list[dict[str, Any]] = []
+        self._predictions: dict[int, dict[str, Any]] = {}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         from pmg.predict import write_predictions
 
-        rows = write_predictions(self, self.generate_batch(batch))
-        self._predictions.extend(rows)
+        rows = write_predictions(self, self.generate_batch(batch))  # images and sheets, by the rank that made them
+        self._predictions.update((s["index"], r) for s, r in zip(batch["samples"], rows))
         return rows
 
     def on_predict_end(self) -> None:
-        from pmg.predict import log_to_wandb
+        from pmg.predict import log_to_wandb, write_jsonl
 
-        rank_zero_info(f"PMG predictions: {len(self._predictions)} samples; contact sheets in "
-                       f"{Path(self.gen_config.output_dir) / 'sheets'}")
+        rows = list(gather_keyed(self._predictions).values())  # every rank's samples, once each, in input order
+        out = Path(self.gen_config.output_dir)
+        if self.trainer.is_global_zero:
+            write_jsonl(out / "predictions.jsonl", rows)
+        rank_zero_info(f"PMG predictions: {len(rows)} samples; contact sheets in {out / 'sheets'}")
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
-                log_to_wandb(logger, self._predictions)
+                log_to_wandb(logger, rows)
 
     # -- evaluation ----------------------------------------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -364,6 +394,7 @@ class PMGLitModule(L.LightningModule):
 
         ev = self.eval_config
         self.similarity = ImageSimilarity(net=ev.lpips_net, allow_random_trunk=ev.allow_random_lpips)
+        self._test_values: dict[int, dict[str, float]] = {}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         from functools import partial
@@ -379,9 +410,14 @@ class PMGLitModule(L.LightningModule):
             target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
             history = [(load_image_tensor(path, size) + 1) / 2 for path in map(partial(local_image, corpus),
                                                                                  s["history"]) if path]
-            self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
+            values = self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
+            self._test_values[s["index"]] = {k: float(v[0]) for k, v in values.items()}
 
     def on_test_epoch_end(self) -> None:
+        # the table is summarised from every rank's per-sample values, each sample once, in dataset order
+        rows = list(gather_keyed(self._test_values).values())
+        self.similarity.reset()
+        self.similarity.add({k: [r[k] for r in rows] for k in (rows[0] if rows else {})})
         table = self.similarity.compute()
         hp = self.hparams
         meta = {

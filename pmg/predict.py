@@ -21,7 +21,7 @@ def _save_png(image, path: Path) -> None:
 
 
 def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write images, sheets and JSON lines for generated results; returns the JSON rows."""
+    """Write images and sheets for generated results; returns their JSON rows (:func:`write_jsonl` writes them)."""
     out = Path(module.gen_config.output_dir)
     corpus = module.sample_builder.data.corpus
     size = module.sd.image_size
@@ -51,10 +51,14 @@ def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, A
             "scores": {k: [float(x) for x in v] for k, v in r["scores"].items()},
             "image": str(chosen_path), "candidates": cand_paths, "sheet": str(sheet),
         }
-        with open(out / "predictions.jsonl", "a") as f:  # one whole line per sample
-            f.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``predictions.jsonl``: one JSON line per sample, written at once (a rerun replaces it)."""
+    with atomic_open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def log_to_wandb(logger, rows: list[dict[str, Any]]) -> None:

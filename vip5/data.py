@@ -126,7 +126,8 @@ class _Samples(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         rng = P.sample_rng(self.seed, idx)
-        return self.builder.make(self.recipes[idx], rng, train=self.train)
+        # the index identifies the sample when DDP ranks' evaluation results are merged (common.distributed)
+        return {**self.builder.make(self.recipes[idx], rng, train=self.train), "index": idx}
 
 
 class VIP5SampleBuilder(SampleBuilder):

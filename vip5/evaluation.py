@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, Literal
 
 import torch
 
-from common.io import write_json
+from common.distributed import gather_keyed
+from common.io import write_json, write_text
 from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
 from vip5.candidate_scoring import score_candidates, t5_decode_fn, t5_self_attention
@@ -78,9 +80,11 @@ class Evaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.ranks: dict[str, list[int]] = {}
-        self.invalid: dict[str, list[float]] = {}
-        self.texts: dict[str, tuple[list[str], list[str]]] = {}
+        # per prompt, keyed by the sample's index in its test dataset: under DDP the ranks' results are merged on
+        # these keys (common.distributed), which drops the sampler's padding repeats
+        self.ranks: dict[str, dict[int, int]] = {}
+        self.invalid: dict[str, dict[int, float]] = {}
+        self.texts: dict[str, dict[int, tuple[str, str]]] = {}
 
     # -- item id tokens ----------------------------------------------------------------------
     @property
@@ -135,7 +139,8 @@ class Evaluator:
         items = self._decode_items(seqs)
         return [items[r * beams : (r + 1) * beams] for r in range(len(batch["samples"]))]
 
-    def _sequential(self, batch: dict[str, Any]) -> tuple[list[int], list[list[str]], float]:
+    def _sequential(self, batch: dict[str, Any]) -> tuple[list[int], list[list[str]], list[float]]:
+        """Per sample: the target's rank (-1: not returned), the ranked items, the share of invalid beams."""
         cfg = self.config
         if cfg.decoding == "free" and self.continues_items:
             raise ValueError("evaluation.decoding: free reads the whole generated text as one id, but this model was "
@@ -145,16 +150,14 @@ class Evaluator:
         # unconstrained (faithful) search can only filter afterwards
         exclude = [set(s["history"]) for s in batch["samples"]] if cfg.exclude_history and trie else None
         beams = self._beam_items(batch, cfg.num_beams, trie, exclude)
-        ranks, lists, invalid = [], [], 0
-        total = 0
+        ranks, lists, invalid = [], [], []
         for s, cand in zip(batch["samples"], beams):
-            total += len(cand)
             ranked, n_invalid = rank_beams(cand, set(s["history"]) if cfg.exclude_history else ())
-            invalid += n_invalid
+            invalid.append(n_invalid / max(len(cand), 1))
             ranked = ranked[: cfg.num_beams]
             lists.append(ranked)
             ranks.append(ranked.index(s["target_item"]) if s["target_item"] in ranked else -1)
-        return ranks, lists, invalid / max(total, 1)
+        return ranks, lists, invalid
 
     @torch.no_grad()
     def _direct(self, batch: dict[str, Any]) -> list[int]:
@@ -177,11 +180,12 @@ class Evaluator:
         return ranks
 
     @torch.no_grad()
-    def validation_ranks(self, batch: dict[str, Any]) -> list[int]:
+    def validation_ranks(self, batch: dict[str, Any]) -> dict[int, int]:
         """Likelihood rank of the target item of every validation sample that names one (sequential and direct
         prompts; not yes/no or explanation prompts) among candidates: the prompt's own list, or else the user's
         fixed negatives with the target last (ties count against it). Cheap enough to run every epoch, and it
-        follows ranking quality where the validation loss may not (checkpoint selection on ``val/hr@10``)."""
+        follows ranking quality where the validation loss may not (checkpoint selection on ``val/hr@10``).
+        Returns ``{batch row: rank}`` for the rows that were ranked."""
         rows, samples = [], []
         for r, s in enumerate(batch["samples"]):
             if s["task"] == "explanation" or self.builder.available[s["template"]].target_kind == "yes_no":
@@ -192,8 +196,8 @@ class Evaluator:
             rows.append(r)
             samples.append({**s, "candidates": candidates})
         if not rows:
-            return []
-        return self._likelihood_ranks({**select_rows(batch, rows), "samples": samples})
+            return {}
+        return dict(zip(rows, self._likelihood_ranks({**select_rows(batch, rows), "samples": samples})))
 
     @torch.no_grad()
     def candidate_scores(self, batch: dict[str, Any], max_positions: int = 2048) -> list[torch.Tensor]:
@@ -229,25 +233,38 @@ class Evaluator:
 
     # -- API -----------------------------------------------------------------------------------
     def update(self, batch: dict[str, Any]) -> None:
-        template = batch["samples"][0]["template"]
-        family = batch["samples"][0]["task"]
+        samples = batch["samples"]
+        template, family = samples[0]["template"], samples[0]["task"]
+        store = (self.texts if family == "explanation" else self.ranks).setdefault(template, {})
+        # the sample's dataset index (set by the test datasets); a running number for batches built by hand
+        keys = [s.get("index", len(store) + j) for j, s in enumerate(samples)]
         if family == "sequential":
             ranks, _, invalid = self._sequential(batch)
-            self.ranks.setdefault(template, []).extend(ranks)
-            self.invalid.setdefault(template, []).append(invalid)
+            store.update(zip(keys, ranks))
+            self.invalid.setdefault(template, {}).update(zip(keys, invalid))
         elif family == "direct":
-            self.ranks.setdefault(template, []).extend(self._direct(batch))
+            store.update(zip(keys, self._direct(batch)))
         else:
-            preds, refs = self.texts.setdefault(template, ([], []))
-            preds.extend(self._explain(batch))
-            refs.extend(s["target"] for s in batch["samples"])
+            store.update(zip(keys, zip(self._explain(batch), (s["target"] for s in samples))))
 
-    def compute(self, gather=None) -> dict[str, dict[str, Any]]:
+    def gathered(self) -> tuple[dict[str, list[int]], dict[str, list[float]], dict[str, list[tuple[str, str]]]]:
+        """Ranks, invalid shares and (generated, reference) texts per prompt over every DDP rank, each sample once,
+        in dataset order (this process's own results outside DDP)."""
+        local = {(kind, t, i): v for kind, store in (("rank", self.ranks), ("invalid", self.invalid),
+                                                     ("text", self.texts))
+                 for t, rows in store.items() for i, v in rows.items()}
+        out: tuple[dict, dict, dict] = ({}, {}, {})
+        for (kind, template, _), value in gather_keyed(local).items():
+            out[("rank", "invalid", "text").index(kind)].setdefault(template, []).append(value)
+        return out
+
+    def compute(self) -> dict[str, dict[str, Any]]:
+        """The per-prompt metric table over every sample of the test split (gathered from all DDP ranks)."""
+        all_ranks, all_invalid, all_texts = self.gathered()
+        self.explanations = all_texts  # (generated, reference) per explanation prompt, written by report()
         table: dict[str, dict[str, Any]] = {}
-        for template, ranks in self.ranks.items():
+        for template, ranks in all_ranks.items():
             r = torch.tensor(ranks, dtype=torch.long)
-            if gather is not None:
-                r = gather(r).reshape(-1)
             seq = self.builder.available[template].family == "sequential"
             ks = self.config.sequential_ks if seq else self.config.direct_ks
             row: dict[str, Any] = {"n": int(r.numel())}
@@ -255,10 +272,11 @@ class Evaluator:
                 row[f"HR@{k}"] = float(hit_at_k(r, k).mean())
                 if k > 1:
                     row[f"NDCG@{k}"] = float(ndcg_at_k(r, k).mean())
-            if seq and template in self.invalid:
-                row["invalid_rate"] = float(sum(self.invalid[template]) / max(len(self.invalid[template]), 1))
+            if seq and template in all_invalid:
+                row["invalid_rate"] = float(sum(all_invalid[template]) / max(len(all_invalid[template]), 1))
             table[template] = row
-        for template, (preds, refs) in self.texts.items():
+        for template, pairs in all_texts.items():
+            preds, refs = (list(x) for x in zip(*pairs))
             row = {"n": len(preds), "BLEU-4": bleu4(preds, refs, level=self.config.bleu_level)}
             row.update(rouge(preds, refs))
             table[template] = row
@@ -278,6 +296,11 @@ class Evaluator:
         path = folder / "test_results.json"
         write_json(path, {"meta": meta, "results": table})
         print(f"results written to {path}")
+        texts = getattr(self, "explanations", {})
+        if texts:  # the generated explanations behind BLEU/ROUGE, one JSON line per test review and prompt
+            write_text(folder / "test_explanations.jsonl", "".join(
+                json.dumps({"prompt": t, "generated": g, "reference": r}, ensure_ascii=False) + "\n"
+                for t, pairs in sorted(texts.items()) for g, r in pairs))
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 cols = sorted({k for row in table.values() for k in row})

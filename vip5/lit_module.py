@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.distributed import gather_keyed
 from common.metrics.ranking import hit_at_k
 from vip5.adapters import AdapterConfig
 from vip5.data import PromptConfig, VIP5SampleBuilder, model_inputs
@@ -218,10 +219,15 @@ class VIP5LitModule(L.LightningModule):
         return result
 
     # -- loss ----------------------------------------------------------------------------------
+    def _token_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every target token and the batch row it belongs to."""
+        logits, targets, rows = self.model.target_logits(**model_inputs(batch), labels=batch["labels"])
+        tok = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
+        return tok, rows
+
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         labels = batch["labels"]
-        logits, targets, rows = self.model.target_logits(**model_inputs(batch), labels=labels)
-        tok = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
+        tok, rows = self._token_losses(batch)
         if self.hparams.loss_normalization == "token":
             return tok.sum() / max(len(tok), 1)
         # faithful: mean over each sample's tokens, times 1/target_length, mean over the batch (the original code)
@@ -234,14 +240,35 @@ class VIP5LitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
 
+    # Validation metrics are computed over the whole validation split at epoch end, from per-sample values merged
+    # across DDP ranks by sample index (common.distributed), so they do not change with the number of devices.
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows: dict[int, tuple[float, int, int | None]] = {}
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].size(0))
-        if self.eval_config.validation_ranking:
-            ranks = self.evaluator.validation_ranks(batch)
-            if ranks:
-                hits = hit_at_k(torch.tensor(ranks, device=loss.device), 10).mean()
-                self.log("val/hr@10", hits, prog_bar=True, sync_dist=True, batch_size=len(ranks))
+        tok, rows = self._token_losses(batch)
+        n = len(batch["samples"])
+        sums = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok).tolist()
+        counts = (batch["labels"] != -100).sum(1).tolist()
+        ranks = self.evaluator.validation_ranks(batch) if self.eval_config.validation_ranking else {}
+        for r, s in enumerate(batch["samples"]):
+            self._val_rows[s["index"]] = (sums[r], counts[r], ranks.get(r))
+
+    def on_validation_epoch_end(self) -> None:
+        rows = list(gather_keyed(self._val_rows).values())
+        if not rows:
+            return
+        sums = torch.tensor([r[0] for r in rows], dtype=torch.float64)
+        counts = torch.tensor([r[1] for r in rows], dtype=torch.float64).clamp_min(1)
+        if self.hparams.loss_normalization == "token":  # token mean over the split
+            loss = sums.sum() / counts.sum()
+        else:  # the original's per-sample mean divided again by the target length, averaged over samples
+            loss = (sums / counts / counts).mean()
+        # every rank holds the same value; sync_dist only keeps Lightning from warning about epoch-level logging
+        self.log("val/loss", loss.float(), prog_bar=True, sync_dist=True)
+        ranks = [r[2] for r in rows if r[2] is not None]
+        if ranks:
+            self.log("val/hr@10", hit_at_k(torch.tensor(ranks), 10).float().mean(), prog_bar=True, sync_dist=True)
 
     # -- evaluation ----------------------------------------------------------------------------
     @property
@@ -257,7 +284,7 @@ class VIP5LitModule(L.LightningModule):
         self.evaluator.update(batch)
 
     def on_test_epoch_end(self) -> None:
-        table = self.evaluator.compute(self.all_gather if self.trainer.world_size > 1 else None)
+        table = self.evaluator.compute()  # over every rank's samples, each once
         flat = {f"test/{p}/{k}": float(v) for p, row in table.items() for k, v in row.items()
                 if isinstance(v, (int, float))}
         for logger in self.loggers:  # straight to the loggers: Lightning's per-dataloader dump would repeat it 6x
@@ -267,11 +294,11 @@ class VIP5LitModule(L.LightningModule):
             self.evaluator.report(table, self.trainer, indexing=self.sample_builder.indexing_name)
 
     def on_predict_start(self) -> None:
-        self._predictions: list[dict[str, Any]] = []
+        self._predictions: dict[int, dict[str, Any]] = {}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         rows = self.evaluator.predict(batch)
-        self._predictions.extend(rows)
+        self._predictions.update((s["index"], r) for s, r in zip(batch["samples"], rows))
         return rows
 
     def on_predict_end(self) -> None:
@@ -279,11 +306,11 @@ class VIP5LitModule(L.LightningModule):
 
         from common.io import write_text
 
+        rows = list(gather_keyed(self._predictions).values())  # every rank's users, once each, in input order
         path = Path(self.trainer.default_root_dir) / self.eval_config.predictions_file
-        if self.trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{self.global_rank}{path.suffix}")
-        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._predictions))
-        rank_zero_info(f"wrote {len(self._predictions)} users' top-{self.eval_config.top_k} recommendations to {path}")
+        if self.trainer.is_global_zero:
+            write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        rank_zero_info(f"wrote {len(rows)} users' top-{self.eval_config.top_k} recommendations to {path}")
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -71,8 +71,10 @@ class SampleBuilder:
     def connect(self, data: RecData) -> None:  # called in DataModule.setup, on every rank
         self.data = data
 
-    def prepare(self, data_dir: Path, corpus: Corpus) -> None:
-        """Rank-0 preprocessing that writes caches (keywords, tokenizers); default: nothing."""
+    def prepare(self, data: RecData) -> None:
+        """Called in one process before ``setup`` (Lightning's ``prepare_data``): write every cache the builder
+        fills (tokenizers, keywords), so that ``connect`` on every DDP rank only reads them. Default: connect."""
+        self.connect(data)
 
     def dataset(self, split: Split) -> Dataset:
         raise NotImplementedError
@@ -199,7 +201,11 @@ class RecDataModule(L.LightningDataModule):
         if self.image_encoder is not None:
             self._extract_features(corpus)
         if self.sample_builder is not None:
-            self.sample_builder.prepare(self.data_dir, corpus)
+            # The caches written while the data is built (candidate negatives, fitted item ids) and by the builder
+            # (tokenizers, keywords) are written here, by one process, before the DDP ranks read them in setup.
+            if self.data is None:
+                self.data = self.build_data()
+            self.sample_builder.prepare(self.data)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:

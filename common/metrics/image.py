@@ -227,9 +227,14 @@ class ImageSimilarity:
                     # mean over each sample's own history first, then (in compute) over samples
                     per_sample = torch.zeros(n, dtype=torch.float64).index_add_(0, owner_t, v) / counts
                     values[f"{name}_history"] = torch.where(counts > 0, per_sample, torch.nan)
+        self.add(values)
+        return values
+
+    def add(self, values: dict[str, Sequence[float] | torch.Tensor]) -> None:
+        """Add per-sample values (as :meth:`update` returns them; NaN = skipped) to the running statistics: this is
+        how per-sample values gathered from several processes are summarised."""
         for key, v in values.items():
             self._stats[key].add([float(x) for x in v if not math.isnan(float(x))])
-        return values
 
     def compute(self) -> dict[str, float | int | bool]:
         """Means and population stds over samples: ``lpips_target``, ``lpips_target_std``, ... ``n_*`` counts."""

@@ -165,10 +165,11 @@ def test_validation_ranks_targets_among_candidates_and_selects_checkpoints(demo_
     s = ranked[0]
     cands = s["candidates"] or builder.validation_candidates(s["user"], s["target_item"])
     row = batch["samples"].index(s)
+    assert sorted(ranks) == [batch["samples"].index(x) for x in ranked]
     one = {k: (v[row : row + 1] if torch.is_tensor(v) else [v[row]]) for k, v in batch.items() if k != "samples"}
     scores = module.evaluator.candidate_scores({**one, "samples": [{**s, "candidates": cands}]})[0]
     target = cands.index(s["target_item"])
-    assert ranks[0] == int((scores > scores[target]).sum() + (scores[:target] == scores[target]).sum())
+    assert ranks[row] == int((scores > scores[target]).sum() + (scores[:target] == scores[target]).sum())
 
 
 def test_monitoring_val_hr_without_ranked_prompts_is_a_clear_error(demo_data, tmp_path):

@@ -1,0 +1,109 @@
+"""`pmg` under 2-process DDP (gloo, CPU) against one process: same validation loss and LPIPS/SSIM table, every
+sample once in the predictions, synchronised weights, one set of checkpoints, resume at the same step, keyword
+cache written once. The data has 21 users, so every split shards unevenly across the ranks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from ddp_run import StartRecorder, pmg_args, run_ddp
+
+from pmg.cache import JsonlStore
+from pmg.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ddp(odd_demo, tmp_path_factory):
+    """One DDP run (fit, test, predict, resume) on data prepared by nobody before it."""
+    return odd_demo / "pog", run_ddp("pmg", odd_demo / "pog", tmp_path_factory.mktemp("pmg_ddp"))
+
+
+@pytest.fixture(scope="module")
+def one(ddp, tmp_path_factory):
+    """The same commands in one process, on the DDP run's weights."""
+    data, out = ddp
+    root = tmp_path_factory.mktemp("pmg_one")
+    cli = main([*pmg_args(data, root), "--trainer.devices", "1"], run_cli=False)
+    val = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)[0]
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)
+    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    return cli, val, root
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
+    _, out = ddp
+    w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
+    assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
+    fits = [_json(out / f"fit.rank{r}.json") for r in (0, 1)]
+    assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
+    loss = fits[0]["metrics"]["val/loss"]
+    assert fits[1]["metrics"]["val/loss"] == loss
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert f"epoch00-val_loss{loss:.4f}.ckpt" in names and "last.ckpt" in names
+    assert not [n for n in names if "-v" in n] and len(names) <= 3
+
+
+def test_validation_loss_is_global(ddp, one):
+    _, out = ddp
+    _, val, _ = one
+    assert _json(out / "fit.rank0.json")["metrics"]["val/loss"] == pytest.approx(val["val/loss"], rel=1e-5)
+
+
+def test_test_table_equals_one_process(ddp, one):
+    _, out = ddp
+    cli, _, _ = one
+    ddp_table = _json(out / "pmg_test_results.json")["results"]
+    one_table = cli.model.test_results["results"]
+    n = len(cli.datamodule.sample_builder.samples["test"])
+    assert n % 2 == 1 and ddp_table["n_ssim_target"] == ddp_table["n_lpips_history"] == n  # each sample once
+    assert set(ddp_table) == set(one_table)
+    assert ddp_table == pytest.approx(one_table, rel=1e-4, abs=1e-6)
+
+
+def test_predictions_hold_every_sample_once(ddp, one):
+    _, out = ddp
+    cli, _, root = one
+    rows = _lines(out / "predictions" / "predictions.jsonl")
+    expected = [s["user"] for s in cli.datamodule.sample_builder.samples["test"][:5]]
+    assert [r["user"] for r in rows] == expected  # predict_limit 5: ranks hold 3 and 2 samples
+    assert len(list((out / "predictions" / "images").glob("*.png"))) == 5
+    for mine, theirs in zip(rows, _lines(root / "predictions" / "predictions.jsonl")):
+        assert mine["chosen"] == theirs["chosen"] and mine["preference_keywords"] == theirs["preference_keywords"]
+        assert mine["scores"] == pytest.approx(theirs["scores"], rel=1e-4, abs=1e-6)
+
+
+def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
+    data, out = ddp
+    for r in (0, 1):
+        assert _json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+    cli = main([*pmg_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"], run_cli=False)
+    recorder = StartRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    assert recorder.start == {"global_step": 3, "epoch": 1} and cli.trainer.global_step == 5
+
+
+def test_keyword_and_text_caches_are_written_once(ddp, one):
+    data, _ = ddp
+    cli, _, _ = one
+    builder = cli.datamodule.sample_builder
+    for name in ("pmg_keywords.jsonl", "pmg_item_texts.jsonl"):
+        store = JsonlStore(data / "cache" / name)
+        lines = (data / "cache" / name).read_text().splitlines()
+        assert store.duplicates == store.torn == store.corrupt == 0 and len(lines) == len(store), name
+    samples = [s for split in builder.samples.values() for s in split]
+    keys = {f"{s['user']}@{s['split']}:{s['target']}" for s in samples}
+    assert set(builder.pref_keywords) == keys

@@ -1,0 +1,113 @@
+"""`vip5` under 2-process DDP (gloo, CPU) against one process: same tables, every user once, synchronised
+weights, one set of checkpoints, resume at the same step. The data has 21 users and 21 test reviews, so each
+test prompt splits unevenly across the ranks and Lightning's sampler pads one rank with a repeated sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from ddp_run import StartRecorder, run_ddp, vip5_args
+
+from common.data.features import ImageFeatures
+from vip5.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ddp(odd_demo, tmp_path_factory):
+    """One DDP run (fit, test, predict, resume) on data prepared by nobody before it."""
+    return odd_demo / "amazon", run_ddp("vip5", odd_demo / "amazon", tmp_path_factory.mktemp("vip5_ddp"))
+
+
+@pytest.fixture(scope="module")
+def one(ddp, tmp_path_factory):
+    """The same commands in one process, on the DDP run's weights."""
+    data, out = ddp
+    root = tmp_path_factory.mktemp("vip5_one")
+    cli = main([*vip5_args(data, root), "--trainer.devices", "1"], run_cli=False)
+    val = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)[0]
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)
+    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    return cli, val, root
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
+    _, out = ddp
+    w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
+    assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
+    fits = [_json(out / f"fit.rank{r}.json") for r in (0, 1)]
+    assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
+    # every rank logged the same (global) validation metrics, so both agree on the checkpoint's name
+    for key in ("val/loss", "val/hr@10"):
+        assert fits[0]["metrics"][key] == fits[1]["metrics"][key]
+    hr = fits[0]["metrics"]["val/hr@10"]
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert f"epoch00-hr10_{hr:.4f}.ckpt" in names and "last.ckpt" in names
+    assert not [n for n in names if "-v" in n] and len(names) <= 3  # no second copy written by rank 1
+
+
+def test_validation_metrics_are_global(ddp, one):
+    _, out = ddp
+    _, val, _ = one
+    fit = _json(out / "fit.rank0.json")["metrics"]
+    assert fit["val/loss"] == pytest.approx(val["val/loss"], rel=1e-5)
+    assert fit["val/hr@10"] == pytest.approx(val["val/hr@10"], abs=1e-6)
+
+
+def test_test_table_equals_one_process(ddp, one):
+    _, out = ddp
+    cli, _, _ = one
+    ddp_table = _json(out / "checkpoints" / "test_results.json")["results"]
+    one_table = cli.model.test_results
+    assert set(ddp_table) == set(one_table) == {"A-3", "A-9", "B-5", "B-8", "C-3", "C-12"}
+    n_users, n_reviews = len(cli.datamodule.data.split.test), len(cli.datamodule.data.reviews["test"])
+    assert n_users % 2 == 1 and n_reviews % 2 == 1  # uneven shards: one rank gets a padded repeat
+    for prompt, row in ddp_table.items():
+        assert row["n"] == (n_reviews if prompt.startswith("C") else n_users), prompt  # each sample once
+        assert row == pytest.approx(one_table[prompt], abs=1e-6), prompt
+    # the explanations behind BLEU/ROUGE: the same texts, each review once, and real text (not all empty)
+    texts = [json.loads(line) for line in (out / "checkpoints" / "test_explanations.jsonl").read_text().splitlines()]
+    one_texts = cli.model.evaluator.explanations
+    assert [(t["generated"], t["reference"]) for t in texts] == one_texts["C-12"] + one_texts["C-3"]
+    assert len(texts) == 2 * n_reviews and any(t["generated"] for t in texts)
+
+
+def test_predictions_hold_every_user_once(ddp, one):
+    _, out = ddp
+    cli, _, root = one
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["user"] for r in rows] == list(cli.datamodule.data.split.test)
+    assert rows == [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert not list(out.glob("predictions.rank*"))
+
+
+def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
+    data, out = ddp
+    for r in (0, 1):  # `fit --ckpt_path last` under DDP continued from the saved step
+        assert _json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+    saved = torch.load(out / "fit.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 3
+    cli = main([*vip5_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"], run_cli=False)
+    recorder = StartRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    assert recorder.start == {"global_step": 3, "epoch": 1} and cli.trainer.global_step == 5
+
+
+def test_features_and_caches_are_prepared_once(ddp):
+    data, _ = ddp
+    from common.data.features import ENCODERS
+    from common.data.readers import read_corpus
+
+    corpus = read_corpus("amazon", data)
+    feats = ImageFeatures.load(data / "features", encoder=ENCODERS["demo-tiny"])
+    assert sorted(feats.item_ids) == sorted(corpus.item_ids) and len(feats.item_ids) == len(set(feats.item_ids))
+    assert not [p for p in data.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
