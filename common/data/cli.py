@@ -71,6 +71,8 @@ def features(
     encoder: str = "vitb32",
     missing: Literal["zero", "error"] = "error",
     batch_size: int = 64,
+    devices: int | str = 1,
+    accelerator: str = "auto",
 ) -> None:
     """Extract CLIP image features for every item (cached under ``<root>/features``).
 
@@ -81,13 +83,20 @@ def features(
         missing: items without an image file or with an undecodable one: ``error`` stops naming the first file;
             ``zero`` gives them zero vectors, counted in the printed report.
         batch_size: images per batch.
+        devices: processes (GPUs) sharing the work under DDP; each image is encoded once and rank 0 writes the
+            one feature file.
+        accelerator: ``auto``, ``gpu`` or ``cpu``.
     """
     from common.data.features import ENCODERS, extract_features
     from common.data.readers import read_corpus
 
     corpus = read_corpus(source, root)
     items = [(iid, corpus.image_path(iid)) for iid in corpus.item_ids]
-    feats = extract_features(items, ENCODERS[encoder], root / "features", batch_size=batch_size, missing=missing)
+    trainer = {"devices": devices, "accelerator": accelerator}
+    if devices not in (1, "1"):
+        trainer["strategy"] = "ddp"
+    feats = extract_features(items, ENCODERS[encoder], root / "features", batch_size=batch_size, missing=missing,
+                             trainer_kwargs=trainer)
     print(f"features: {feats.report()}")
 
 

@@ -5,8 +5,8 @@
 Lightning's DDP launcher starts the other ranks by running this same script again, so every rank goes through the
 same sequence of commands and each one writes what the tests compare (suffix ``.rank<r>``):
 
-- ``fit.ckpt``: a copy of ``last.ckpt`` after ``fit``; ``fit.rank<r>.json``: global step and logged validation
-  metrics after ``fit``; ``weights.rank<r>.pt``: the trainable weights of that rank after ``fit``;
+- ``fit.ckpt``: a copy of ``last.ckpt`` after ``fit``; ``fit.rank<r>.json``: global step, logged validation
+  metrics and checkpoint files after ``fit``; ``weights.rank<r>.pt``: the trainable weights of that rank after ``fit``;
 - ``<OUT>/checkpoints/``: the checkpoints (written once, by rank 0);
 - the ``test`` and ``predict`` subcommands' own files (``test_results.json``, ``predictions.jsonl`` ...);
 - ``resume.rank<r>.json``: the step and epoch ``fit --ckpt_path last`` starts from, and the step it ends at.
@@ -132,8 +132,11 @@ def run(model: str, data_dir: Path, out: Path, devices: int) -> None:
     if rank == 0:  # the one-process comparisons load these weights (the resumed fit below replaces last.ckpt)
         shutil.copy(ckpt, out / "fit.ckpt")
     torch.save({k: v.detach().cpu() for k, v in trainable(cli.model).items()}, out / f"weights.rank{rank}.pt")
-    _dump(out / f"fit.rank{rank}.json", {"global_step": cli.trainer.global_step, "world_size": cli.trainer.world_size,
-                                         "metrics": {k: float(v) for k, v in cli.trainer.callback_metrics.items()}})
+    _dump(out / f"fit.rank{rank}.json", {
+        "global_step": cli.trainer.global_step, "world_size": cli.trainer.world_size,
+        "metrics": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},
+        "checkpoints": sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")),  # rank 0 has written them
+    })
 
     main(["test", *args, "--ckpt_path", ckpt])  # the table is written by rank 0
     main(["predict", *args, "--ckpt_path", ckpt])  # predictions.jsonl, written by rank 0

@@ -50,9 +50,9 @@ def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
     assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
     loss = fits[0]["metrics"]["val/loss"]
     assert fits[1]["metrics"]["val/loss"] == loss
-    names = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    names = fits[0]["checkpoints"]  # after fit, before the resumed fit adds its own
     assert f"epoch00-val_loss{loss:.4f}.ckpt" in names and "last.ckpt" in names
-    assert not [n for n in names if "-v" in n] and len(names) <= 3
+    assert len(names) == 2  # written once: no second copy (``-v1``) by another rank
 
 
 def test_validation_loss_is_global(ddp, one):
@@ -81,7 +81,8 @@ def test_predictions_hold_every_sample_once(ddp, one):
     assert len(list((out / "predictions" / "images").glob("*.png"))) == 5
     for mine, theirs in zip(rows, _lines(root / "predictions" / "predictions.jsonl")):
         assert mine["chosen"] == theirs["chosen"] and mine["preference_keywords"] == theirs["preference_keywords"]
-        assert mine["scores"] == pytest.approx(theirs["scores"], rel=1e-4, abs=1e-6)
+        for key, values in mine["scores"].items():  # d_p, d_t and z of every candidate
+            assert values == pytest.approx(theirs["scores"][key], rel=1e-4, abs=1e-6), key
 
 
 def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
