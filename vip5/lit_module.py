@@ -265,10 +265,12 @@ class VIP5LitModule(L.LightningModule):
         else:  # the original's per-sample mean divided again by the target length, averaged over samples
             loss = (sums / counts / counts).mean()
         # every rank holds the same value; sync_dist only keeps Lightning from warning about epoch-level logging
-        self.log("val/loss", loss.float(), prog_bar=True, sync_dist=True)
+        # (Python floats: Lightning puts them on the module's device, which an NCCL reduction needs)
+        self.log("val/loss", float(loss), prog_bar=True, sync_dist=True)
         ranks = [r[2] for r in rows if r[2] is not None]
         if ranks:
-            self.log("val/hr@10", hit_at_k(torch.tensor(ranks), 10).float().mean(), prog_bar=True, sync_dist=True)
+            hits = hit_at_k(torch.tensor(ranks), 10).double().mean().item()
+            self.log("val/hr@10", hits, prog_bar=True, sync_dist=True)
 
     # -- evaluation ----------------------------------------------------------------------------
     @property
