@@ -28,7 +28,7 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml constraints.txt tools/install_torchvision_fix.py | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt tools/install_torchvision_fix.py tools/torchvision_fix.py | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip -c constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python tools/install_torchvision_fix.py
