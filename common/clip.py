@@ -76,7 +76,8 @@ def create_clip(
 
     Args:
         arch: open_clip architecture (``ViT-B-32``, ``RN50``, ``hf-hub:...``) or one of :data:`TINY_ARCHS`.
-        pretrained: open_clip pretrained tag (``openai`` ...) or a local checkpoint file; None builds random
+        pretrained: open_clip pretrained tag (``openai`` ...), a local checkpoint file, or a folder holding
+            ``open_clip_model.safetensors`` (e.g. the demo CLIP of :mod:`common.demo_models`); None builds random
             weights, which must be asked for with ``allow_random_weights``.
         allow_random_weights: accept ``pretrained=None``.
         seed: seed of the random initialisation (the global RNG is left as it was).
@@ -94,6 +95,11 @@ def create_clip(
     if not _hub_arch(arch) and arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; valid: {', '.join(open_clip.list_models())}")
     check_random_weights(arch, pretrained, allow_random_weights)
+    if pretrained is not None and os.path.isdir(pretrained):
+        from common.demo_models import clip_checkpoint
+
+        pretrained = str(clip_checkpoint(pretrained))
+    local = pretrained is not None and os.path.isfile(pretrained)
     if pretrained is not None and not _hub_arch(arch):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags and not os.path.isfile(pretrained):
@@ -109,8 +115,15 @@ def create_clip(
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, force_quick_gelu=quick_gelu, cache_dir=cache_dir
             )
-        except RuntimeError as e:
-            raise clip_weights_error(arch, pretrained, e) from e
+        except Exception as e:
+            if local:  # a local file that does not load: name it, never point at a download
+                raise ModelNotAvailableError(
+                    f"CLIP checkpoint {pretrained} cannot be loaded into {arch} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})"
+                ) from e
+            if isinstance(e, RuntimeError):
+                raise clip_weights_error(arch, pretrained, e) from e
+            raise
     return model.eval(), preprocess
 
 

@@ -78,11 +78,18 @@ class EvalConfig:
         lpips_net: LPIPS trunk (``vgg`` like PMG-Bench/Pigeon, or ``alex``).
         allow_random_lpips: offline fallback to a random LPIPS trunk (plumbing only; labelled in the table).
         results_file: JSON file (under the trainer's root dir) of the metric table.
+        probe: folder of an attribute probe (``common.demo_models``, e.g. ``common/demo_weights/probe``) for
+            demo data: the table then adds ``target_acc`` (the chosen image shows the target item's shape) and
+            ``pref_acc`` (it shows the user's preferred colour). None: not reported.
+        truth: the demo's ``truth.json`` (default with a probe: ``truth.json`` in the parent of the data folder,
+            where ``vip5-data demo`` writes it; the format is the data folder's name).
     """
 
     lpips_net: Literal["vgg", "alex"] = "vgg"
     allow_random_lpips: bool = False
     results_file: str = "pmg_test_results.json"
+    probe: str | None = None
+    truth: str | None = None
 
 
 class PMGLitModule(L.LightningModule):
@@ -395,6 +402,13 @@ class PMGLitModule(L.LightningModule):
         ev = self.eval_config
         self.similarity = ImageSimilarity(net=ev.lpips_net, allow_random_trunk=ev.allow_random_lpips)
         self._test_values: dict[int, dict[str, float]] = {}
+        self._probe = self._truth = None
+        if ev.probe is not None:  # demo data only: the ground truth of the shop says what each image should show
+            from common.demo_models import DemoTruth, load_probe
+
+            data_dir = Path(self.sample_builder.data.data_dir)
+            self._probe = load_probe(ev.probe)
+            self._truth = DemoTruth(ev.truth or data_dir.parent / "truth.json", data_dir.name)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         from functools import partial
@@ -412,13 +426,22 @@ class PMGLitModule(L.LightningModule):
                                                                                  s["history"]) if path]
             values = self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
             self._test_values[s["index"]] = {k: float(v[0]) for k, v in values.items()}
+            if self._probe is not None:
+                from common.demo_models import probe_accuracy
+
+                acc = probe_accuracy(self._probe, chosen.unsqueeze(0).float().cpu(),
+                                     [self._truth.item(s["target"])], [self._truth.user(s["user"])])
+                self._test_values[s["index"]].update({k: v[0] for k, v in acc.items()})
 
     def on_test_epoch_end(self) -> None:
         # the table is summarised from every rank's per-sample values, each sample once, in dataset order
         rows = list(gather_keyed(self._test_values).values())
         self.similarity.reset()
-        self.similarity.add({k: [r[k] for r in rows] for k in (rows[0] if rows else {})})
+        probe_keys = ("target_acc", "pref_acc")
+        self.similarity.add({k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k not in probe_keys})
         table = self.similarity.compute()
+        if self._probe is not None:  # fractions of samples (each value 0 or 1)
+            table.update({k: sum(r[k] for r in rows) / max(1, len(rows)) for k in probe_keys})
         hp = self.hparams
         meta = {
             "dataset": self.sample_builder.data.corpus.name,
@@ -426,6 +449,10 @@ class PMGLitModule(L.LightningModule):
             "prefix_length": hp.prefix_length, "weighting": self.gen_config.weighting,
             "lpips": self.similarity.lpips_label,
         }
+        if self._probe is not None:
+            meta["probe"] = {"folder": str(self.eval_config.probe), "truth": str(self._truth.path),
+                             "target_acc": "chosen image shows the target item's shape",
+                             "pref_acc": "chosen image shows the user's preferred colour"}
         for k, v in table.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.log(f"test/{k}", float(v), rank_zero_only=True)

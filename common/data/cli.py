@@ -79,7 +79,8 @@ def features(
     Args:
         root: data folder.
         source: data source format.
-        encoder: encoder preset (rn50, rn101, vitb32, vitb16, vitl14, demo-tiny).
+        encoder: encoder preset (rn50, rn101, vitb32, vitb16, vitl14; demo-tiny: the CLIP trained on the
+            demo renders; demo-random: random weights).
         missing: items without an image file or with an undecodable one: ``error`` stops naming the first file;
             ``zero`` gives them zero vectors, counted in the printed report.
         batch_size: images per batch.

@@ -50,6 +50,7 @@ from common.io import atomic_open, save_numpy, write_json
 log = logging.getLogger(__name__)
 
 DEMO_ARCH = "demo-tiny-clip"  # a small from-config architecture of common.clip (random init, seeded)
+DEMO_CLIP_DIR = str(Path(__file__).resolve().parents[1] / "demo_weights" / "clip")  # common.demo_models
 # Preset name -> (open_clip architecture, pretrained tag). The first five are VIP5's --image_feature_type values.
 ENCODERS: dict[str, tuple[str, str | None]] = {
     "rn50": ("RN50", "openai"),
@@ -57,7 +58,8 @@ ENCODERS: dict[str, tuple[str, str | None]] = {
     "vitb32": ("ViT-B-32", "openai"),
     "vitb16": ("ViT-B-16", "openai"),
     "vitl14": ("ViT-L-14", "openai"),
-    "demo-tiny": (DEMO_ARCH, None),
+    "demo-tiny": ("pmg-tiny-clip", DEMO_CLIP_DIR),  # trained on the demo renders (common.demo_models)
+    "demo-random": (DEMO_ARCH, None),  # random weights: plumbing only
 }
 INIT_SEED = 0  # random-init encoders are built under this seed: identical features on every run and rank
 _FORMAT = 1

@@ -35,7 +35,7 @@ def _write_pngs(folder, n=N):
 
 def _extract(items, cache_dir, **kw):
     kw.setdefault("batch_size", 2)
-    return extract_features(items, "demo-tiny", cache_dir, trainer_kwargs=TRAINER, **kw)
+    return extract_features(items, "demo-random", cache_dir, trainer_kwargs=TRAINER, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_shapes_normalisation_zero_policy_and_sidecar(images, reference, tmp_pat
     feats, cache = reference
     assert feats.matrix.shape == (N, 32) and feats.matrix.dtype == torch.float32 and feats.dim == 32
     assert torch.allclose(feats.matrix.norm(dim=1), torch.ones(N), atol=1e-5)
-    npy, side = F.cache_paths(cache, "demo-tiny")
+    npy, side = F.cache_paths(cache, "demo-random")
     assert npy.name == "demo-tiny-clip__random.npy" and not (cache / "demo-tiny-clip__random.partial").exists()
     meta = json.loads(side.read_text())
     assert meta["item_ids"] == [i for i, _ in images] and meta["dim"] == 32 and meta["normalized"] is True
@@ -66,7 +66,7 @@ def test_shapes_normalisation_zero_policy_and_sidecar(images, reference, tmp_pat
     assert got.missing == ["none", "gone", "url"]
     assert torch.equal(got.matrix[3:], torch.zeros(3, 32))
     assert torch.allclose(got.matrix[:3], feats.matrix[:3], atol=1e-6)  # same rows (batching changes the last ulp)
-    assert json.loads(F.cache_paths(tmp_path / "c", "demo-tiny")[1].read_text())["missing"] == ["none", "gone", "url"]
+    assert json.loads(F.cache_paths(tmp_path / "c", "demo-random")[1].read_text())["missing"] == ["none", "gone", "url"]
 
 
 def test_deterministic_and_unnormalised_rows(images, reference, tmp_path):
@@ -112,7 +112,7 @@ def test_unreadable_images_are_counted_and_zeroed_under_zero(images, reference, 
     assert torch.equal(got.matrix[3:], torch.zeros(3, 32))
     assert torch.allclose(got.matrix[:3], feats.matrix[:3], atol=1e-6)
     assert got.report() == "6 items x 32; zero vectors: 1 without an image, 2 with an unreadable image"
-    side = json.loads(F.cache_paths(tmp_path / "c", "demo-tiny")[1].read_text())
+    side = json.loads(F.cache_paths(tmp_path / "c", "demo-random")[1].read_text())
     assert side["missing"] == ["none"] and side["unreadable"] == ["rand", "cut"]
     assert ImageFeatures.load(tmp_path / "c").unreadable == ["rand", "cut"]
 
@@ -145,15 +145,15 @@ def test_datamodule_and_cli_report_unreadable_images(images, tmp_path, capsys):
     bad = root / "images" / "3.png"
     bad.write_bytes(b"random bytes, no PNG")
     with pytest.raises(DataError, match=rf"{re.escape(str(bad))}: the image of item '3' cannot be read"):
-        AmazonDataModule(root, image_encoder="demo-tiny").prepare_data()
-    AmazonDataModule(root, image_encoder="demo-tiny", missing_images="zero").prepare_data()
+        AmazonDataModule(root, image_encoder="demo-random").prepare_data()
+    AmazonDataModule(root, image_encoder="demo-random", missing_images="zero").prepare_data()
     feats = ImageFeatures.load(root / "features")
     assert feats.unreadable == ["3"] and feats.missing == []
     assert torch.equal(feats.row("3"), torch.zeros(32)) and feats.row("1").norm() > 0.99
-    cli.main(["features", str(root), "--encoder", "demo-tiny", "--missing", "zero"])
+    cli.main(["features", str(root), "--encoder", "demo-random", "--missing", "zero"])
     assert "3 items x 32; zero vectors: 0 without an image, 1 with an unreadable image" in capsys.readouterr().out
     with pytest.raises(DataError, match=re.escape(str(bad))):
-        cli.main(["features", str(root), "--encoder", "demo-tiny"])
+        cli.main(["features", str(root), "--encoder", "demo-random"])
 
 
 def test_complete_cache_is_returned_without_the_model(images, reference, tmp_path, monkeypatch):
@@ -242,7 +242,7 @@ def test_encoder_specs_never_silently_random():
     assert ClipEncoder.preset("vitl14") == ClipEncoder("ViT-L-14", "openai")
     with pytest.raises(ValueError, match="vitb32"):
         ClipEncoder.preset("vit-b-32")
-    assert set(F.ENCODERS) == {"rn50", "rn101", "vitb32", "vitb16", "vitl14", "demo-tiny"}
+    assert set(F.ENCODERS) == {"rn50", "rn101", "vitb32", "vitb16", "vitl14", "demo-tiny", "demo-random"}
     stem = ClipEncoder("ViT-B-32", "/ckpt/dir/clip weights.bin").cache_stem
     assert stem.startswith("ViT-B-32__clip_weights-") and "/" not in stem
 
