@@ -105,7 +105,7 @@ def create_clip(
         if pretrained not in tags and not os.path.isfile(pretrained):
             raise ValueError(
                 f"cannot load CLIP weights {pretrained!r} for {arch}: neither a known tag ({tags}) nor an existing "
-                "checkpoint file"
+                "checkpoint file or folder"
             )
     if quick_gelu is None:
         quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu"))

@@ -21,10 +21,11 @@ def _one_thread():
 
 
 def test_probe_trains_well_above_chance_and_round_trips(tmp_path):
-    """A few seconds of training on 3 renders per combination: far above chance (1/6, 1/5, 1/3) held out."""
-    probe, cfg = D.train_probe(tmp_path / "probe", epochs=4, per_combo=3, test_per_combo=1, verbose=False)
+    """Seconds of training on 4 renders per combination: far above chance (1/6, 1/5, 1/3) held out (measured:
+    colour 1.0, shape 0.6, pattern 1.0)."""
+    probe, cfg = D.train_probe(tmp_path / "probe", epochs=5, per_combo=4, test_per_combo=1, batch=16, verbose=False)
     acc = cfg["heldout_accuracy"]
-    assert acc["colour"] >= 0.9 and acc["shape"] >= 0.5 and acc["pattern"] >= 0.6, acc
+    assert acc["colour"] >= 0.9 and acc["shape"] >= 0.45 and acc["pattern"] >= 0.8, acc
     loaded = D.load_probe(tmp_path / "probe")
     a, b = probe.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -34,9 +35,10 @@ def test_probe_trains_well_above_chance_and_round_trips(tmp_path):
 
 
 def test_clip_trains_above_chance_and_loads_through_the_folder_path(tmp_path):
-    """A short contrastive run beats chance (1/90) on held-out renders; the folder loads like a real checkpoint."""
-    cfg = D.train_clip(tmp_path / "clip", steps=40, batch=32, per_combo=2, test_per_combo=1, log_every=0)
-    assert cfg["heldout_image_to_text_top1"] >= 0.1, cfg
+    """A short contrastive run (~30 s) is far above chance (1/90) on held-out renders (measured: 0.36); the
+    folder loads like a real checkpoint."""
+    cfg = D.train_clip(tmp_path / "clip", steps=80, batch=64, per_combo=2, test_per_combo=1, lr=3e-3, log_every=0)
+    assert cfg["heldout_image_to_text_top1"] >= 0.2, cfg
     model, _ = create_clip(D.DEMO_CLIP_ARCH, str(tmp_path / "clip"))
     saved = D._load_tensors(tmp_path / "clip" / D.CLIP_FILE, "demo CLIP", "clip")
     state = model.state_dict()
@@ -48,7 +50,7 @@ def test_clip_trains_above_chance_and_loads_through_the_folder_path(tmp_path):
 def test_missing_and_corrupt_folders_name_the_path(tmp_path):
     with pytest.raises(ModelNotAvailableError, match=str(tmp_path / "nope") + ".*does not exist"):
         D.load_probe(tmp_path / "nope")
-    with pytest.raises(ModelNotAvailableError, match=str(tmp_path / "nope")):
+    with pytest.raises(ValueError, match=str(tmp_path / "nope") + ".*nor an existing checkpoint file or folder"):
         create_clip(D.DEMO_CLIP_ARCH, str(tmp_path / "nope"))  # not a folder or file: refused, no fallback
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -99,6 +99,13 @@ def test_test_writes_metric_table(trained, demo_data):
     r = results["results"]
     assert -1.0 <= r["ssim_target"] <= 1.0 and r["lpips_target"] >= 0.0
     assert r["n_ssim_history"] == r["n_ssim_target"] > 0
+    # the offline default names the demo's attribute probe: the personalisation measures sit next to LPIPS/SSIM
+    assert 0.0 <= r["target_acc"] <= 1.0 and 0.0 <= r["pref_acc"] <= 1.0
+    assert results["meta"]["probe"]["truth"] == str(demo_data / "truth.json")
+    cli5 = _cli(demo_data / "pog", out, "--trainer.limit_test_batches", "1", "--model.evaluation.probe", "null")
+    cli5.trainer.test(cli5.model, cli5.datamodule, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
+    r = json.loads((out / "pmg_test_results.json").read_text())["results"]
+    assert "target_acc" not in r and "pref_acc" not in r and "lpips_target" in r  # no probe: not reported
 
 
 def test_fit_without_soft_embedding_is_refused(demo_data, tmp_path):
