@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 echo "== 1/6 demo data (Amazon/P5 folder, POG logs, MovieLens CSVs, PNG item images) -> data/demo"
 $BIN/vip5-data demo --out data/demo
 
-echo "== 2/6 CLIP image features (small from-config encoder) -> data/demo/amazon/features"
+echo "== 2/6 CLIP image features (small CLIP trained on the demo renders) -> data/demo/amazon/features"
 $BIN/vip5-data features data/demo/amazon --source amazon --encoder demo-tiny
 
 echo "== 3/6 vip5 fit (embedded default: tiny T5 from config, SentencePiece trained on the corpus)"
