@@ -14,7 +14,7 @@ need no data folder and are deterministic for a seed.
   to measure whether a generated image shows the target item's shape and the user's preferred colour
   (:func:`probe_accuracy`).
 
-Trained folders are committed under ``common/demo_weights/`` and reproduced exactly (on CPU) by::
+Trained folders are committed under ``common/demo_weights/``, made on CPU (one thread, fixed seeds) by::
 
     python -m common.demo_models clip  --out common/demo_weights/clip
     python -m common.demo_models probe --out common/demo_weights/probe
