@@ -60,6 +60,12 @@ def check_random_weights(arch: str, pretrained: str | None, allow_random_weights
         )
 
 
+def _tags(arch: str) -> list[str]:
+    import open_clip
+
+    return open_clip.list_pretrained_tags_by_model(arch)
+
+
 def _hub_arch(arch: str) -> bool:
     return arch.startswith(("hf-hub:", "local-dir:"))
 
@@ -77,7 +83,8 @@ def create_clip(
     Args:
         arch: open_clip architecture (``ViT-B-32``, ``RN50``, ``hf-hub:...``) or one of :data:`TINY_ARCHS`.
         pretrained: open_clip pretrained tag (``openai`` ...), a local checkpoint file, or a folder holding
-            ``open_clip_model.safetensors`` (e.g. the demo CLIP of :mod:`common.demo_models`); None builds random
+            ``open_clip_model.safetensors`` (e.g. the demo CLIP of :mod:`common.demo_models`; a relative path missing
+            from the working directory is taken from the repository root); None builds random
             weights, which must be asked for with ``allow_random_weights``.
         allow_random_weights: accept ``pretrained=None``.
         seed: seed of the random initialisation (the global RNG is left as it was).
@@ -95,13 +102,15 @@ def create_clip(
     if not _hub_arch(arch) and arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; valid: {', '.join(open_clip.list_models())}")
     check_random_weights(arch, pretrained, allow_random_weights)
-    if pretrained is not None and os.path.isdir(pretrained):
-        from common.demo_models import clip_checkpoint
+    if pretrained is not None and not _hub_arch(arch) and pretrained not in _tags(arch):
+        from common.demo_models import clip_checkpoint, resolve
 
-        pretrained = str(clip_checkpoint(pretrained))
+        pretrained = str(resolve(pretrained))  # a relative folder or file missing here: the repository's
+        if os.path.isdir(pretrained):
+            pretrained = str(clip_checkpoint(pretrained))
     local = pretrained is not None and os.path.isfile(pretrained)
     if pretrained is not None and not _hub_arch(arch):
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = _tags(arch)
         if pretrained not in tags and not os.path.isfile(pretrained):
             raise ValueError(
                 f"cannot load CLIP weights {pretrained!r} for {arch}: neither a known tag ({tags}) nor an existing "

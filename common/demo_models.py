@@ -40,7 +40,8 @@ from torch import nn
 from common.data.demo import COLOURS, PATTERN_ADJ, PATTERNS, SHAPES, _render
 from common.weights import ModelNotAvailableError
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = REPO_ROOT / "common" / "demo_weights"
 DEMO_CLIP_DIR = WEIGHTS_DIR / "clip"  # the committed demo CLIP (open_clip checkpoint folder)
 DEMO_PROBE_DIR = WEIGHTS_DIR / "probe"  # the committed attribute probe
 DEMO_CLIP_ARCH = "pmg-tiny-clip"
@@ -50,6 +51,15 @@ CONFIG_FILE = "config.json"
 ATTRIBUTES: dict[str, list[str]] = {"colour": list(COLOURS), "shape": list(SHAPES), "pattern": list(PATTERNS)}
 BACKGROUNDS = ((244, 242, 236), (255, 255, 255), (28, 28, 38))  # Amazon, POG, MovieLens renders
 RENDER_SIZE = 64  # the demo's default image size; models resize to their own input size
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` as given, or, for a relative path that is not there, the same path under the repository root
+    (so that configs can name ``common/demo_weights/...`` from any working directory)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
 
 
 def reproduce_command(kind: str, out: str | Path) -> str:
@@ -134,7 +144,7 @@ def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], weights: str, 
 # -- CLIP ---------------------------------------------------------------------------------------------
 def clip_checkpoint(folder: str | Path) -> Path:
     """The open_clip checkpoint file of a demo CLIP folder (errors name the folder and how to recreate it)."""
-    folder = Path(folder)
+    folder = resolve(folder)
     _read_config(folder, CLIP_FILE, "demo CLIP", "clip")
     return folder / CLIP_FILE
 
@@ -290,7 +300,7 @@ def load_probe(folder: str | Path) -> AttributeProbe:
         ModelNotAvailableError: the folder, its files or its weights are missing or unreadable (the message
             names the path and the command that recreates it).
     """
-    folder = Path(folder)
+    folder = resolve(folder)
     cfg = _read_config(folder, PROBE_FILE, "attribute probe", "probe")
     try:
         probe = AttributeProbe(cfg["attributes"], cfg["image_size"], cfg["width"])

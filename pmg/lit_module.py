@@ -78,7 +78,8 @@ class EvalConfig:
         lpips_net: LPIPS trunk (``vgg`` like PMG-Bench/Pigeon, or ``alex``).
         allow_random_lpips: offline fallback to a random LPIPS trunk (plumbing only; labelled in the table).
         results_file: JSON file (under the trainer's root dir) of the metric table.
-        probe: folder of an attribute probe (``common.demo_models``, e.g. ``common/demo_weights/probe``) for
+        probe: folder of an attribute probe (``common.demo_models``, e.g. ``common/demo_weights/probe``; a relative
+            path missing from the working directory is taken from the repository root) for
             demo data: the table then adds ``target_acc`` (the chosen image shows the target item's shape) and
             ``pref_acc`` (it shows the user's preferred colour). None: not reported.
         truth: the demo's ``truth.json`` (default with a probe: ``truth.json`` in the parent of the data folder,
@@ -406,7 +407,7 @@ class PMGLitModule(L.LightningModule):
         if ev.probe is not None:  # demo data only: the ground truth of the shop says what each image should show
             from common.demo_models import DemoTruth, load_probe
 
-            data_dir = Path(self.sample_builder.data.data_dir)
+            data_dir = Path(self.sample_builder.data.corpus.root)
             self._probe = load_probe(ev.probe)
             self._truth = DemoTruth(ev.truth or data_dir.parent / "truth.json", data_dir.name)
 

@@ -123,3 +123,15 @@ def test_demo_truth_reads_the_generated_shop(demo_data):
         D.DemoTruth(demo_data / "truth.json", "beauty")
     with pytest.raises(FileNotFoundError, match="nope.json"):
         D.DemoTruth(demo_data / "nope.json", "pog")
+
+
+def test_relative_weight_folders_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    """Configs name `common/demo_weights/...`; outside the repository that path is taken from its root."""
+    monkeypatch.chdir(tmp_path)
+    assert D.load_probe("common/demo_weights/probe").config() == D.load_probe(D.DEMO_PROBE_DIR).config()
+    a, _ = create_clip(D.DEMO_CLIP_ARCH, "common/demo_weights/clip")
+    b, _ = create_clip(D.DEMO_CLIP_ARCH, str(D.DEMO_CLIP_DIR / D.CLIP_FILE))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    (tmp_path / "common" / "demo_weights" / "probe").mkdir(parents=True)  # a local folder wins, here empty
+    with pytest.raises(ModelNotAvailableError, match="has no probe.safetensors"):
+        D.load_probe("common/demo_weights/probe")
