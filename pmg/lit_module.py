@@ -156,6 +156,7 @@ class PMGLitModule(L.LightningModule):
         self._latent_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._generator = None
         self._scorer = None
+        self._demo_eval = None  # (attribute probe, demo truth) during `pmg test` with model.evaluation.probe
 
     # -- construction --------------------------------------------------------------------------
     @property
@@ -403,13 +404,15 @@ class PMGLitModule(L.LightningModule):
         ev = self.eval_config
         self.similarity = ImageSimilarity(net=ev.lpips_net, allow_random_trunk=ev.allow_random_lpips)
         self._test_values: dict[int, dict[str, float]] = {}
-        self._probe = self._truth = None
-        if ev.probe is not None:  # demo data only: the ground truth of the shop says what each image should show
+        # demo data only: the shop's ground truth says what each image should show. A tuple, so the probe is not
+        # a submodule (its weights stay out of checkpoints and state-dict loading)
+        self._demo_eval = None
+        if ev.probe is not None:
             from common.demo_models import DemoTruth, load_probe
 
             data_dir = Path(self.sample_builder.data.corpus.root)
-            self._probe = load_probe(ev.probe)
-            self._truth = DemoTruth(ev.truth or data_dir.parent / "truth.json", data_dir.name)
+            self._demo_eval = (load_probe(ev.probe), DemoTruth(ev.truth or data_dir.parent / "truth.json",
+                                                               data_dir.name))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         from functools import partial
@@ -427,11 +430,12 @@ class PMGLitModule(L.LightningModule):
                                                                                  s["history"]) if path]
             values = self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
             self._test_values[s["index"]] = {k: float(v[0]) for k, v in values.items()}
-            if self._probe is not None:
+            if self._demo_eval is not None:
                 from common.demo_models import probe_accuracy
 
-                acc = probe_accuracy(self._probe, chosen.unsqueeze(0).float().cpu(),
-                                     [self._truth.item(s["target"])], [self._truth.user(s["user"])])
+                probe, truth = self._demo_eval
+                acc = probe_accuracy(probe, chosen.unsqueeze(0).float().cpu(), [truth.item(s["target"])],
+                                     [truth.user(s["user"])])
                 self._test_values[s["index"]].update({k: v[0] for k, v in acc.items()})
 
     def on_test_epoch_end(self) -> None:
@@ -441,7 +445,7 @@ class PMGLitModule(L.LightningModule):
         probe_keys = ("target_acc", "pref_acc")
         self.similarity.add({k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k not in probe_keys})
         table = self.similarity.compute()
-        if self._probe is not None:  # fractions of samples (each value 0 or 1)
+        if self._demo_eval is not None:  # fractions of samples (each value 0 or 1)
             table.update({k: sum(r[k] for r in rows) / max(1, len(rows)) for k in probe_keys})
         hp = self.hparams
         meta = {
@@ -450,8 +454,8 @@ class PMGLitModule(L.LightningModule):
             "prefix_length": hp.prefix_length, "weighting": self.gen_config.weighting,
             "lpips": self.similarity.lpips_label,
         }
-        if self._probe is not None:
-            meta["probe"] = {"folder": str(self.eval_config.probe), "truth": str(self._truth.path),
+        if self._demo_eval is not None:
+            meta["probe"] = {"folder": str(self.eval_config.probe), "truth": str(self._demo_eval[1].path),
                              "target_acc": "chosen image shows the target item's shape",
                              "pref_acc": "chosen image shows the user's preferred colour"}
         for k, v in table.items():

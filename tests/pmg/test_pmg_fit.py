@@ -102,6 +102,7 @@ def test_test_writes_metric_table(trained, demo_data):
     # the offline default names the demo's attribute probe: the personalisation measures sit next to LPIPS/SSIM
     assert 0.0 <= r["target_acc"] <= 1.0 and 0.0 <= r["pref_acc"] <= 1.0
     assert results["meta"]["probe"]["truth"] == str(demo_data / "truth.json")
+    assert not any("probe" in k for k in cli4.model.state_dict())  # evaluation only: never in checkpoints
     cli5 = _cli(demo_data / "pog", out, "--trainer.limit_test_batches", "1", "--model.evaluation.probe", "null")
     cli5.trainer.test(cli5.model, cli5.datamodule, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     r = json.loads((out / "pmg_test_results.json").read_text())["results"]
