@@ -34,11 +34,11 @@ from _demo_run import fit_and_test  # noqa: E402  (bench/ helper; after the offl
 # The embedded default (atomic ids, newest history item first, history excluded from recommendations), trained
 # on the two families it is scored on, 5 next-item prompts per user per epoch, without dropout.
 BENCH_ARGS = ["--model.prompts.families", "[sequential, direct]", "--model.prompts.sequential_samples", "5",
-              "--model.backbone_config.dropout_rate", "0.0"]
+              "--model.net.backbone_config.dropout_rate", "0.0"]
 
 
 def train_and_test(data: Path, out: Path, n_image_tokens: int, epochs: int, extra: list[str], ckpt: str) -> dict:
-    module, fit_s = fit_and_test(data, out, ["--trainer.max_epochs", str(epochs), "--model.n_image_tokens",
+    module, fit_s = fit_and_test(data, out, ["--trainer.max_epochs", str(epochs), "--model.net.n_image_tokens",
                                              str(n_image_tokens), "--model.prompts.test_templates", "[A-3, B-5]",
                                              *BENCH_ARGS, *extra], ckpt=ckpt)
     return {"results": module.test_results, "fit_seconds": round(fit_s, 1)}

@@ -65,7 +65,6 @@ def main() -> None:
                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(args.train_batches),
                      "--trainer.limit_val_batches", "0", "--model.evaluation.num_beams", str(args.beams),
                      "--data.init_args.n_negatives", str(args.candidates - 1),
-                     "--model.prompts.n_candidates", str(args.candidates),
                      "--model.prompts.max_source_length", "1024", *args.extra],
                     run_cli=False)
     module, dm = cli.model, cli.datamodule
@@ -74,8 +73,9 @@ def main() -> None:
         dm.prepare_data()
         dm.setup("test")
         module.setup("test")
-        module.configure_model()
-        module.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=False)["state_dict"])
+        checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        module.on_load_checkpoint(checkpoint)  # builds the model with the checkpoint's tokenizer and item ids
+        module.load_state_dict(checkpoint["state_dict"])
     else:
         print(f"training the demo model for {args.train_batches} batches ...", flush=True)
         cli.trainer.fit(module, dm)

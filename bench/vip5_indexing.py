@@ -9,7 +9,7 @@ history excluded), and popularity through the same metric code. Collaborative an
 here (``SCHEME_OPTIONS``: one cluster or code token, then the item's own token); an ``indexing_options`` among the
 extra arguments replaces them.
 Extra CLI arguments after ``--`` apply to every run, so measured options (``--model.label_smoothing 0.1``,
-``--model.item_token_init mean``, ``--model.item_token_scale 1``) are compared by running the bench twice.
+``--model.net.item_token_init mean``, ``--model.net.item_token_scale 1``) are compared by running the bench twice.
 The LAST line is one JSON object:
 
     {"hr10_random": ..., "hr10_sequential": ..., "hr10_atomic": ..., "hr10_collaborative": ...,
@@ -42,8 +42,8 @@ SCHEMES = ("random", "sequential", "atomic", "collaborative", "semantic")
 # user's history, as the popularity baseline's do), trained on the task that is measured (next-item prompts, 5 per
 # user per epoch), without dropout and text-only (image tokens delay the jump past the budget).
 BENCH_ARGS = ["--model.prompts.families", "[sequential]", "--model.prompts.train_templates", "[A-1, A-2, A-3]",
-              "--model.prompts.sequential_samples", "5", "--model.backbone_config.dropout_rate", "0.0",
-              "--model.n_image_tokens", "0"]
+              "--model.prompts.sequential_samples", "5", "--model.net.backbone_config.dropout_rate", "0.0",
+              "--model.net.n_image_tokens", "0"]
 # Short ids for the 150-item demo catalogue: one cluster / code token, then the item's own token (leaf: item, the
 # default). Deeper codes (collaborative n_clusters 8, semantic levels 2-3) measured lower (docs/results.md).
 SCHEME_OPTIONS = {"collaborative": "{n_clusters: 16}", "semantic": "{levels: 1}"}

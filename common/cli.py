@@ -44,37 +44,54 @@ def with_default_config(args: list[str], default_config: Path) -> list[str]:
 
 
 class FrameworkCLI(LightningCLI):
-    """LightningCLI that attaches the model's sample builder to the DataModule (``datamodule.connect``)."""
+    """LightningCLI with one run directory, and the model's sample builder attached to the DataModule.
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: D102
-        parser.add_argument(
-            "--run_name", type=str | None, default=None, help="Name of the run (W&B name, output sub-folder)."
-        )
+    ``trainer.default_root_dir`` is the run directory: a logger without its own ``save_dir`` logs there and a
+    ``ModelCheckpoint`` without its own ``dirpath`` writes to ``<run directory>/checkpoints`` (a fixed folder, so
+    ``--ckpt_path last`` finds the previous run's checkpoint). A config names its output folder once.
+    """
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning re-applies a checkpoint's hyperparameters over the whole model config. Keep that for the
-        architecture, but let run-time settings (``model.<key>`` for each key in the module's ``RUNTIME_KEYS``,
-        e.g. decoding or generation options) come from the user's config and command line."""
-        sub = self.config.get("subcommand")
-        keys = getattr(self._model_class, "RUNTIME_KEYS", ())
-        kept = {k: self.config[sub]["model"].get(k) for k in keys} if sub else {}
-        super()._parse_ckpt_path()
-        for k, v in kept.items():
-            self.config[sub]["model"][k] = v
+    def before_instantiate_classes(self) -> None:  # noqa: D102
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        root = config.trainer.get("default_root_dir")
+        if root:
+            derive_run_folders(config.trainer, str(root))
 
     def instantiate_classes(self) -> None:  # noqa: D102
         super().instantiate_classes()
         builder = getattr(self.model, "sample_builder", None)
         if builder is not None and isinstance(self.datamodule, RecDataModule):
             self.datamodule.connect(builder)
-        # Lightning sets trainer.ckpt_path only after setup; modules whose construction depends on the checkpoint
-        # (e.g. a tokenizer stored in it) get the path up front.
+        # A module whose construction depends on the checkpoint (e.g. a tokenizer stored in it) builds its model
+        # when Lightning hands it the loaded checkpoint instead of before.
         ckpt = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
         if ckpt and hasattr(self.model, "checkpoint_hint"):
             self.model.checkpoint_hint = str(ckpt)
 
 
-def run(model_class, default_config: Path, args: list[str] | None = None, run: bool = True, **kwargs):
+def derive_run_folders(trainer_config, root: str) -> None:
+    """Fill in the logger's ``save_dir`` and each ``ModelCheckpoint``'s ``dirpath`` from the run directory, where
+    the config leaves them unset (``None``, or a logger's default ``.``)."""
+    loggers = trainer_config.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = logger.get("init_args") if hasattr(logger, "get") else None
+        if args is not None and "save_dir" in args and args.save_dir in (None, "."):
+            args.save_dir = root
+    for callback in trainer_config.get("callbacks") or []:
+        args = callback.get("init_args") if hasattr(callback, "get") else None
+        if (args is not None and callback.get("class_path", "").endswith("ModelCheckpoint")
+                and "dirpath" in args and args.dirpath is None):
+            args.dirpath = str(Path(root) / "checkpoints")
+
+
+def run(
+    model_class,
+    default_config: Path,
+    args: list[str] | None = None,
+    run: bool = True,
+    cli_class: type[FrameworkCLI] = FrameworkCLI,
+    **kwargs,
+):
     """Build and (optionally) run the CLI; ``args=None`` reads ``sys.argv``. Returns the CLI object."""
     configure_environment()
     argv = list(sys.argv[1:] if args is None else args)
@@ -82,7 +99,7 @@ def run(model_class, default_config: Path, args: list[str] | None = None, run: b
         argv = with_default_config(argv, default_config)
     # we pass the (possibly completed) command line explicitly; LightningCLI would warn that sys.argv is set too
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return FrameworkCLI(
+    return cli_class(
         model_class,
         RecDataModule,
         subclass_mode_data=True,

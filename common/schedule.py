@@ -9,9 +9,12 @@ the schedule ends where training ends, by steps or by time.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 Schedule = Literal["linear", "constant", "cosine"]
 
@@ -72,3 +75,73 @@ def budget_schedule(
         return lr_factor(step, warmup_steps, progress, schedule)
 
     return factor
+
+
+class BudgetLR(torch.optim.lr_scheduler.LambdaLR):
+    """Warm-up, then the :func:`lr_factor` shape, over whichever limit ends training: steps or ``max_time``.
+
+    The length of training is only known to the trainer, so a LightningModule calls :meth:`bind` with it right
+    after building the scheduler (``common.schedule.configure_optimization`` does). Until then the factor is 1.
+
+    Args:
+        optimizer: the optimizer whose learning rates it scales.
+        schedule: ``linear`` or ``cosine`` decay to 0 at the end of training, or ``constant`` after warm-up.
+        warmup_ratio: warm-up as a share of the estimated steps (when ``warmup_steps`` is None).
+        warmup_steps: warm-up length in optimiser steps; set it for ``trainer.max_time`` runs.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule = "linear",
+        warmup_ratio: float = 0.1,
+        warmup_steps: int | None = None,
+    ) -> None:
+        self.schedule, self.warmup_ratio, self.warmup_steps = schedule, warmup_ratio, warmup_steps
+        self._factor: Callable[[int], float] = lambda step: 1.0
+        super().__init__(optimizer, lambda step: self._factor(step))
+
+    def bind(self, trainer) -> BudgetLR:
+        """Size the schedule for ``trainer`` and set the learning rates of the current step."""
+        self._factor = budget_schedule(trainer, self.schedule, self.warmup_ratio, self.warmup_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self._factor(self.last_epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        return self
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        # the factor is rebuilt by bind() from the trainer, not saved
+        return {k: v for k, v in super().state_dict().items() if k != "_factor"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        factor = self._factor
+        super().load_state_dict(state_dict)
+        self._factor = factor
+
+
+def call_spec(spec: Any, *args: Any) -> Any:
+    """Call an injected optimizer or scheduler callable with ``args``.
+
+    A ``{"class_path": ..., "init_args": {...}}`` dict is accepted too: the LightningModules state their default
+    optimizer and scheduler that way, as data, so ``--help`` and ``--print_config`` show every default value (a
+    ``functools.partial`` default cannot be written out); the CLI turns such a dict into a callable, a module built
+    in Python keeps the dict.
+    """
+    if isinstance(spec, dict):
+        module, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(*args, **spec.get("init_args", {}))
+    return spec(*args)
+
+
+def configure_optimization(module, params: Any, optimizer: Any, scheduler: Any | None) -> Any:
+    """The ``configure_optimizers`` result of a module with an injected optimizer and scheduler.
+
+    The scheduler, when given, steps every optimiser step; a :class:`BudgetLR` is bound to ``module.trainer``.
+    """
+    opt = call_spec(optimizer, params)
+    if scheduler is None:
+        return opt
+    sched = call_spec(scheduler, opt)
+    if isinstance(sched, BudgetLR):
+        sched.bind(module.trainer)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

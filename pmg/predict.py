@@ -22,9 +22,9 @@ def _save_png(image, path: Path) -> None:
 
 def write_predictions(module, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write images and sheets for generated results; returns their JSON rows (:func:`write_jsonl` writes them)."""
-    out = Path(module.gen_config.output_dir)
+    out = module.prediction_dir
     corpus = module.sample_builder.data.corpus
-    size = module.sd.image_size
+    size = module.model.sd.image_size
     grid = module.gen_config.grid
     rows = []
     for r in results:

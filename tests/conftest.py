@@ -35,3 +35,39 @@ def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own empty working directory: the embedded defaults' relative folders
     (``outputs/vip5-demo/checkpoints``, ``wandb/``) must never touch a user's runs in the repository."""
     monkeypatch.chdir(tmp_path)
+
+
+TINY_T5 = dict(vocab_size=200, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
+               dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+@pytest.fixture
+def tiny_t5_config() -> dict:
+    """``T5Config`` keyword arguments of a tiny T5 (d_model 32, 2 + 2 layers, 200 ids, no dropout)."""
+    return dict(TINY_T5)
+
+
+@pytest.fixture
+def tiny_vip5():
+    """Factory of small from-config VIP5 models: ``tiny_vip5(seed=0, **kwargs)``.
+
+    ``kwargs`` mixes :class:`vip5.model.VIP5Config` fields and ``VIP5Model`` arguments; by default the backbone is
+    the tiny T5, with 16-d image features and the last id (199) as the image slot. ``adapter=None`` builds no
+    adapters (a fully trainable model).
+    """
+    import dataclasses
+
+    from vip5.model import VIP5Config, VIP5Model
+
+    fields = {f.name for f in dataclasses.fields(VIP5Config)}
+
+    def build(seed: int = 0, **kwargs):
+        kwargs = {"backbone_config": TINY_T5, "feature_dim": 16, "image_token_id": 199, **kwargs}
+        if "adapter" in kwargs and kwargs["adapter"] is None:
+            kwargs.pop("adapter")
+            kwargs.update(use_adapters=False, training_mode=kwargs.get("training_mode", "full"))
+        config = VIP5Config(**{k: v for k, v in kwargs.items() if k in fields})
+        torch.manual_seed(seed)
+        return VIP5Model(config, **{k: v for k, v in kwargs.items() if k not in fields})
+
+    return build

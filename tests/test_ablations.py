@@ -31,10 +31,10 @@ def test_shipped_sweeps_cover_the_papers_studies():
     assert {"vip5_rq2_sites", "vip5_rq2_reduction", "vip5_rq3_image_tokens", "vip5_rq3_encoder",
             "vip5_rq3_indexing", "pmg_components", "pmg_soft_tokens", "demo_vip5", "demo_pmg"} <= names
     load = {p.stem: load_sweep(p) for p in SWEEPS}
-    assert _values(load["vip5_rq2_reduction"], "model.adapter.reduction_factor") == [2, 4, 8, 16, 32]
-    assert _values(load["vip5_rq3_image_tokens"], "model.n_image_tokens") == [0, 1, 2, 3, 5]
+    assert _values(load["vip5_rq2_reduction"], "model.net.adapter.reduction_factor") == [2, 4, 8, 16, 32]
+    assert _values(load["vip5_rq3_image_tokens"], "model.net.n_image_tokens") == [0, 1, 2, 3, 5]
     sites = load["vip5_rq2_sites"]
-    assert _values(sites, "model.training_mode") == ["adapters_self_attn_only", "adapters", "adapters", "full"]
+    assert _values(sites, "model.net.training_mode") == ["adapters_self_attn_only", "adapters", "adapters", "full"]
     from common.data.features import ENCODERS
 
     encoders = _values(load["vip5_rq3_encoder"], "data.init_args.image_encoder")
@@ -79,7 +79,7 @@ GOOD = """
 program: vip5
 base: default
 settings:
-  - {name: a, overrides: {model.n_image_tokens: 1}}
+  - {name: a, overrides: {model.net.n_image_tokens: 1}}
 """
 
 
@@ -88,8 +88,8 @@ settings:
     (GOOD.replace("vip5", "p5"), "program", "expected one of vip5, pmg"),
     (GOOD.replace("default", "missing.yaml"), "base", "does not exist"),
     (GOOD.replace("{name: a,", "{name: a, overides: {}, "), r"settings\[0\]", "unknown key.*'overides'"),
-    (GOOD.replace("model.n_image_tokens", "trainer.logger.init_args.group"), "settings", "reserved"),
-    (GOOD.replace("model.n_image_tokens", "--model.n_image_tokens"), "settings", "without dashes"),
+    (GOOD.replace("model.net.n_image_tokens", "trainer.logger.init_args.group"), "settings", "reserved"),
+    (GOOD.replace("model.net.n_image_tokens", "--model.net.n_image_tokens"), "settings", "without dashes"),
     (GOOD + "  - {name: a}\n", "settings", "repeated setting name"),
     (GOOD.replace("name: a", "name: a/b"), r"settings\[0\].name", "letters, digits"),
     (GOOD + "report: {x_scale: log10}\n", "report.x_scale", "linear or log2"),
@@ -102,11 +102,11 @@ def test_bad_sweep_file_names_file_and_field(tmp_path, text, field, message):
 
 
 def test_bad_override_is_reported_by_check_and_cli(tmp_path, capsys):
-    path = _write(tmp_path, GOOD + "  - {name: b, overrides: {model.n_image_tokenz: 1}}\n"
-                                   "  - {name: c, overrides: {model.n_image_tokens: one}}\n")
+    path = _write(tmp_path, GOOD + "  - {name: b, overrides: {model.net.n_image_tokenz: 1}}\n"
+                                   "  - {name: c, overrides: {model.net.n_image_tokens: one}}\n")
     problems = check_sweep(load_sweep(path))
     assert set(problems) == {"b", "c"}
-    assert "n_image_tokenz" in problems["b"] and "model.n_image_tokens" in problems["c"]
+    assert "n_image_tokenz" in problems["b"] and "model.net.n_image_tokens" in problems["c"]
     assert ablate(["run", str(_write(tmp_path, GOOD + "epochs: 3\n"))]) == 2  # nothing runs
     assert "unknown key(s) 'epochs'" in capsys.readouterr().err
 
@@ -138,17 +138,17 @@ def _tiny_sweep(tmp_path: Path, data_dir: Path) -> Path:
         "program": "vip5", "base": "default", "group": "test-n", "tags": ["vip5", "test"],
         "overrides": {
             "data.init_args.data_dir": str(data_dir), "data.init_args.generate_demo": False,
-            "data.init_args.n_negatives": 19, "model.prompts.n_candidates": 20,
+            "data.init_args.n_negatives": 19,
             "model.prompts.sequential_samples": 2, "model.prompts.direct_samples": 2,
             "model.tokenizer_vocab_size": 400, "model.evaluation.num_beams": 5,
             "trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 1,
             "trainer.limit_test_batches": 1, "trainer.log_every_n_steps": 1,
         },
         "settings": [
-            {"name": "n0", "tags": ["n0"], "overrides": {"model.n_image_tokens": 0}},
-            {"name": "n2", "tags": ["n2"], "overrides": {"model.n_image_tokens": 2}},
+            {"name": "n0", "tags": ["n0"], "overrides": {"model.net.n_image_tokens": 0}},
+            {"name": "n2", "tags": ["n2"], "overrides": {"model.net.n_image_tokens": 2}},
         ],
-        "report": {"metrics": ["A-3/HR@5", "B-5/NDCG@5", "C-3/rougeL"], "x": "model.n_image_tokens",
+        "report": {"metrics": ["A-3/HR@5", "B-5/NDCG@5", "C-3/rougeL"], "x": "model.net.n_image_tokens",
                    "x_label": "image tokens (n)"},
     }
     path = tmp_path / "tiny.yaml"
@@ -172,11 +172,11 @@ def test_two_setting_sweep_end_to_end(demo_data, tmp_path):
         folder = out / "test-n" / setting.name
         assert read_result(folder / "result.json") == json.loads(json.dumps(result))
         assert {"A-3/HR@5", "B-5/NDCG@5", "C-3/rougeL"} <= set(result["metrics"])
-        assert result["x"] == setting.overrides["model.n_image_tokens"]
+        assert result["x"] == setting.overrides["model.net.n_image_tokens"]
         assert 0 < result["trainable_pct"] <= 100 and result["trainable_params"] > 0
         assert result["epochs"] == 1 and result["epoch_seconds"] > 0 and result["peak_memory_mb"] > 0
         assert Path(result["checkpoint"]).parent == folder / "checkpoints"
-        assert "--model.n_image_tokens=" in (folder / "command.txt").read_text()
+        assert "--model.net.n_image_tokens=" in (folder / "command.txt").read_text()
 
         # the W&B offline run: group, name, tags, config and metrics (training curves, cost, test table)
         runs = list((folder / "wandb").glob("offline-run-*"))
@@ -186,7 +186,7 @@ def test_two_setting_sweep_end_to_end(demo_data, tmp_path):
         assert run.tags == ["vip5", "test", setting.name]
         assert run.config["ablation"]["setting"] == setting.name
         assert run.config["params/pct"] == pytest.approx(result["trainable_pct"])
-        assert run.config["cli"]["model"]["n_image_tokens"] == setting.overrides["model.n_image_tokens"]
+        assert run.config["cli"]["model"]["n_image_tokens"] == setting.overrides["model.net.n_image_tokens"]
         assert {"train/loss", "val/loss", "time/epoch_seconds", "memory/peak_mb", "test/A-3/HR@5"} <= run.history_keys
         assert run.summary["test/B-5/NDCG@5"] == pytest.approx(result["metrics"]["B-5/NDCG@5"])
 
@@ -219,7 +219,7 @@ def test_two_setting_sweep_end_to_end(demo_data, tmp_path):
 @pytest.mark.slow
 def test_failed_setting_is_recorded_and_reported(tmp_path, capsys):
     """`ablate run` runs each setting in its own process; a rejected setting is a failed row, not a crash."""
-    path = _write(tmp_path, GOOD.replace("{model.n_image_tokens: 1}", "{model.n_image_tokens: one}"))
+    path = _write(tmp_path, GOOD.replace("{model.net.n_image_tokens: 1}", "{model.net.n_image_tokens: one}"))
     out = tmp_path / "out"
     assert ablate(["run", str(path), "--output", str(out)]) == 1
     result = read_result(out / "sweep" / "a" / "result.json")

@@ -19,7 +19,7 @@ def test_help_lists_documented_options(program, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--model.lr" in text and "--data" in text and "--trainer.precision" in text
-    key = "--model.n_image_tokens" if program == "vip5" else "--model.n_soft_tokens"
+    key = "--model.net.n_image_tokens" if program == "vip5" else "--model.n_soft_tokens"
     assert key in text
 
 

@@ -8,174 +8,130 @@ backbone (trainable weights plus the new embedding tables), and reload onto it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
 from common.distributed import gather_keyed
 from common.metrics.ranking import hit_at_k
-from vip5.adapters import AdapterConfig
+from common.schedule import configure_optimization
 from vip5.data import PromptConfig, VIP5SampleBuilder, model_inputs
 from vip5.evaluation import EvalConfig, Evaluator
+from vip5.model import VIP5Config, VIP5Model
 
 log = logging.getLogger(__name__)
+
+
+ADAMW = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01, "eps": 1e-6}}
+WARMUP_THEN_LINEAR = {"class_path": "common.schedule.BudgetLR",
+                      "init_args": {"schedule": "linear", "warmup_ratio": 0.1}}
 
 
 class VIP5LitModule(L.LightningModule):
     """VIP5 on a frozen T5 with bottleneck adapters and CLIP image tokens (Geng et al. 2023).
 
     Args:
-        backbone: T5 weights by name or folder (``t5-small``, a P5 checkpoint folder). Ignored when
-            ``backbone_config`` is given.
-        backbone_config: ``transformers.T5Config`` keyword arguments for a from-config (random init) backbone,
-            used by the offline default.
-        tokenizer: tokenizer name/folder; None uses ``backbone``. ``train`` trains a SentencePiece model on the
+        net: the model architecture (backbone, image tokens, adapters, training mode, item-id tokens); the sizes
+            that come from the tokenizer and the data are filled in when the model is built.
+        tokenizer: tokenizer name/folder; None uses ``net.backbone``. ``train`` trains a SentencePiece model on the
             corpus text (offline default; it is stored in every checkpoint).
         tokenizer_vocab_size: vocabulary size when ``tokenizer: train``.
-        n_image_tokens: image tokens per item (n); 0 gives a text-only P5-style model.
-        adapter: bottleneck adapter settings (sites, reduction factor, shared or per task); None = defaults.
-        use_adapters: False builds no adapters (only with ``training_mode: full``: a backbone trained whole, e.g.
-            from scratch, needs none; they cost 6 % of the step time of a d_model-128 T5 on a CPU).
-        training_mode: ``adapters`` (adapters + layer norms + visual mapper), ``adapters_self_attn_only``, or
-            ``full`` finetuning (the paper's RQ2 ablation).
-        train_word_embeddings: train the whole-word and category tables (frozen random codes in the original).
-        prompts: prompt sampling settings (templates, samples per user, history length ...).
+        prompts: prompt sampling settings (templates, samples per user, history length ...). ``n_candidates``
+            follows ``data.init_args.n_negatives`` (target + the fixed negatives).
         evaluation: decoding and metric settings for ``vip5 test`` / ``vip5 predict``.
         loss_normalization: ``token`` (mean over target tokens, default) or ``double`` (the original code's
             per-sample mean divided again by the target length).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: share of training steps with linear warmup (when ``warmup_steps`` is None).
-        warmup_steps: warm-up length in optimiser steps (set it for ``trainer.max_time`` runs).
-        lr_schedule: after warm-up, ``linear`` or ``cosine`` decay to 0 at the end of training, whether the step
-            count or ``trainer.max_time`` ends it (``common.schedule``), or ``constant``.
-        adam_eps: AdamW epsilon.
+        label_smoothing: cross-entropy label smoothing (0 = none, the original).
+        optimizer: optimizer of the trainable parameters (default AdamW, lr 1e-3, weight decay 0.01, eps 1e-6).
+            Biases and layer norms form a second group without weight decay.
+        scheduler: learning-rate schedule, stepped every optimiser step; None keeps the rate constant. The default
+            ``common.schedule.BudgetLR`` warms up over 10 % of the steps (or ``warmup_steps``), then decays
+            linearly to 0 when the step count or ``trainer.max_time`` ends training.
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk: its no-decay
             list names ``LayerNorm.weight``, while T5's norms are called ``layer_norm``, so they were decayed).
-        label_smoothing: cross-entropy label smoothing (0 = none, the original).
-        item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
-            ``normal``, ``mean``, or ``content`` (each token starts from the image + text content of its items,
-            projected to the model width; see ``vip5.item_embeddings``).
-        item_token_scale: initial std of the item-token rows relative to the backbone's token table (1 = the
-            same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
-            items in a prompt within hundreds of steps instead of plateauing at popularity (docs/vip5.md, "Item
-            identifiers"; ``bench/vip5_indexing.py`` uses 3).
-        item_token_bias: a trainable output bias per item-id token (token schemes only), which holds each item's
-            popularity apart from its embedding row.
     """
-
-    # settings of how a trained model is used, taken from the command line even with --ckpt_path
-    RUNTIME_KEYS = ("evaluation",)
 
     def __init__(
         self,
-        backbone: str = "t5-small",
-        backbone_config: dict[str, Any] | None = None,
+        net: VIP5Config = VIP5Config(),
         tokenizer: str | None = None,
         tokenizer_vocab_size: int = 2000,
-        n_image_tokens: int = 2,
-        adapter: AdapterConfig | None = None,
-        use_adapters: bool = True,
-        training_mode: Literal["adapters", "adapters_self_attn_only", "full"] = "adapters",
-        train_word_embeddings: bool = False,
-        prompts: PromptConfig | None = None,
+        prompts: PromptConfig = PromptConfig(),
         evaluation: EvalConfig | None = None,
         loss_normalization: Literal["token", "double"] = "token",
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        warmup_steps: int | None = None,
-        lr_schedule: Literal["linear", "constant", "cosine"] = "linear",
-        adam_eps: float = 1e-6,
-        decay_norms: bool = False,
         label_smoothing: float = 0.0,
-        item_token_init: Literal["normal", "mean", "content"] = "normal",
-        item_token_scale: float = 1.0,
-        item_token_bias: bool = False,
+        optimizer: OptimizerCallable = ADAMW,
+        scheduler: LRSchedulerCallable | None = WARMUP_THEN_LINEAR,
+        decay_norms: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if not use_adapters and training_mode != "full":
-            raise ValueError(f"use_adapters=False needs training_mode='full' (got {training_mode!r}): with a "
-                             "frozen backbone the adapters are what trains")
-        self.adapter_config = (adapter or AdapterConfig()) if use_adapters else None
-        self.prompt_config = prompts or PromptConfig()
+        # How a trained model is used (decoding, metrics) is not part of it: not stored with the checkpoint, so
+        # `vip5 test/predict --ckpt_path` take these settings from their own config and command line.
+        self.save_hyperparameters(ignore=["evaluation"])
+        self.net_config = net
+        self.adapter_config = net.adapter if net.use_adapters else None
+        self.prompt_config = prompts
         self.eval_config = evaluation or EvalConfig()
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.sample_builder = VIP5SampleBuilder(
             self.prompt_config,
-            n_image_tokens=n_image_tokens,
-            tokenizer=tokenizer or (None if backbone_config else backbone),
+            n_image_tokens=net.n_image_tokens,
+            tokenizer=tokenizer or (None if net.backbone_config else net.backbone),
             tokenizer_vocab_size=tokenizer_vocab_size,
         )
-        self.model = None  # built in configure_model, once the data side has connected
+        self.model: VIP5Model | None = None  # built in configure_model, once the data side has connected
         self.strict_loading = False  # adapter checkpoints omit the frozen backbone
         self._evaluator: Evaluator | None = None
-        self.checkpoint_hint: str | None = None  # set by the CLI (or the caller) when a checkpoint will be loaded
+        # Set by the CLI when a checkpoint will be loaded: the model is then built from the checkpoint's tokenizer
+        # and item ids in on_load_checkpoint, which Lightning calls with the checkpoint it has read.
+        self.checkpoint_hint: str | None = None
 
     # -- model construction ---------------------------------------------------------------------
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        from vip5.model import VIP5Model
+        if self.model is None and not self.checkpoint_hint:
+            self._build_model()
 
+    def _build_model(self) -> None:
         builder = self.sample_builder
         if getattr(builder, "tokenizer", None) is None:
             raise RuntimeError("VIP5LitModule needs its sample builder connected to data before the model is built")
-        hp = self.hparams
-        n_image_tokens = hp.n_image_tokens if builder.feature_dim > 0 else 0
-        if hp.n_image_tokens and not n_image_tokens:
+        config = self.net_config
+        if config.n_image_tokens and builder.feature_dim <= 0:
             log.warning("no image features available: building a text-only model (n_image_tokens=0)")
+            config = dataclasses.replace(config, n_image_tokens=0)
         self.model = VIP5Model(
-            backbone=hp.backbone,
-            backbone_config=hp.backbone_config,
+            config,
             vocab_size=builder.base_vocab_size,
-            n_item_tokens=builder.n_item_tokens,
-            item_token_init=hp.item_token_init,
-            item_token_scale=hp.item_token_scale,
-            item_token_bias=hp.item_token_bias,
-            item_token_content=(
-                builder.token_content() if hp.item_token_init == "content" and builder.n_item_tokens else None
-            ),
             feature_dim=max(builder.feature_dim, 1),
-            n_image_tokens=n_image_tokens,
-            adapter=self.adapter_config,
-            training_mode=hp.training_mode,
-            train_word_embeddings=hp.train_word_embeddings,
             image_token_id=builder.image_token_id,
+            n_item_tokens=builder.n_item_tokens,
+            item_token_content=(
+                builder.token_content() if config.item_token_init == "content" and builder.n_item_tokens else None
+            ),
         )
 
     def setup(self, stage: str) -> None:
         if stage == "predict":  # before the predict dataloader is built
             self.sample_builder.predict_users = self.eval_config.predict_users
         self.sample_builder.test_users = self.eval_config.test_users
-        # A from-config backbone's tokenizer lives in its checkpoints: adopt it before the model is built, so a
-        # restored model always sees the vocabulary it was trained with.
-        ckpt = self.checkpoint_hint
-        if ckpt and self.model is None and Path(ckpt).is_file():
-            extras = torch.load(ckpt, map_location="cpu", weights_only=False).get("vip5", {})
-            if extras.get("spiece"):
-                self.sample_builder.adopt_tokenizer(extras["spiece"])
-            if extras.get("index"):
-                from common.data.indexing import ItemIndex
-
-                self.sample_builder.adopt_index(ItemIndex.from_dict(extras["index"]))
 
     @property
     def backbone_from_config(self) -> bool:
-        return self.hparams.backbone_config is not None
+        return self.net_config.backbone_config is not None
 
     def on_fit_start(self) -> None:
         counts = self.model.count_parameters()
         groups = ", ".join(f"{k} {v:,}" for k, v in counts.get("by_group", {}).items())
         rank_zero_info(
             f"VIP5 trainable parameters: {counts['trainable']:,} / {counts['total']:,} "
-            f"({counts['pct']:.2f}%) [{groups}] mode={self.hparams.training_mode}"
+            f"({counts['pct']:.2f}%) [{groups}] mode={self.net_config.training_mode}"
         )
         for logger in self.loggers:  # self.log is not allowed in on_fit_start
             logger.log_hyperparams({"params/trainable": counts["trainable"], "params/pct": counts["pct"]})
@@ -190,7 +146,7 @@ class VIP5LitModule(L.LightningModule):
     # -- checkpoints: only what the named backbone does not provide ------------------------------
     def _saved_keys(self) -> set[str] | None:
         """State-dict keys to keep; None keeps everything (from-config backbone or full finetuning)."""
-        if self.backbone_from_config or self.hparams.training_mode == "full":
+        if self.backbone_from_config or self.net_config.training_mode == "full":
             return None
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
         keep |= {f"model.{k}" for k, _ in self.model.named_parameters() if "word_embeddings" in k or "category" in k}
@@ -203,7 +159,19 @@ class VIP5LitModule(L.LightningModule):
         checkpoint["vip5"] = self.sample_builder.checkpoint_extras()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.sample_builder.restore_extras(checkpoint.get("vip5", {}))
+        extras = checkpoint.get("vip5", {})
+        if self.model is not None:
+            self.sample_builder.restore_extras(extras)
+            return
+        # Deferred build (see checkpoint_hint): adopt the checkpoint's tokenizer (a from-config backbone's lives in
+        # its checkpoints) and item ids, so the restored model sees the vocabulary it was trained with.
+        if extras.get("spiece"):
+            self.sample_builder.adopt_tokenizer(extras["spiece"])
+        if extras.get("index"):
+            from common.data.indexing import ItemIndex
+
+            self.sample_builder.adopt_index(ItemIndex.from_dict(extras["index"]))
+        self._build_model()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
@@ -316,23 +284,18 @@ class VIP5LitModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
-        from common.schedule import budget_schedule
-
-        hp = self.hparams
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue  # frozen weights get no optimizer state
             is_norm = "layer_norm" in name or "LayerNorm" in name or name.endswith("norm.weight")
-            if name.endswith(".bias") or (is_norm and not hp.decay_norms):
+            if name.endswith(".bias") or (is_norm and not self.hparams.decay_norms):
                 no_decay.append(p)
             else:
                 decay.append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, eps=hp.adam_eps)
-        factor = budget_schedule(self.trainer, hp.lr_schedule, hp.warmup_ratio, hp.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # the first group takes the optimizer's own weight decay
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return configure_optimization(self, groups, self.optimizer, self.scheduler)
 
     def extra_repr(self) -> str:
-        return f"adapter={asdict(self.adapter_config) if self.adapter_config else None}"
+        return f"adapter={dataclasses.asdict(self.adapter_config) if self.adapter_config else None}"

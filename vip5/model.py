@@ -58,83 +58,116 @@ def load_backbone(
     return use_fast_cpu_dropout(t5)
 
 
+@dataclasses.dataclass
+class VIP5Config:
+    """The VIP5 architecture: every setting of the model that does not come from the data.
+
+    The tokenizer- and data-dependent sizes (vocabulary, image-feature width, image-slot token id, item-id tokens)
+    are not part of it: ``VIP5Model`` takes them as its own arguments, and ``VIP5LitModule`` fills them in once
+    the data side has connected.
+
+    Attributes:
+        backbone: T5 name or folder for ``from_pretrained`` (``t5-small`` in the paper). Ignored when
+            ``backbone_config`` is given.
+        backbone_config: ``T5Config`` keyword arguments for a randomly initialised T5 (offline default and tests).
+        n_image_tokens: soft tokens per image (the ``<extra_id_0>`` slots per item in the prompt); 0 = text only
+            (a P5-style model), no visual parameters.
+        adapter: bottleneck adapter settings (sites, reduction factor, shared or per task).
+        use_adapters: False builds no adapters (only with ``training_mode: full``: a backbone trained whole, e.g.
+            from scratch, needs none; they cost 6 % of the step time of a d_model-128 T5 on a CPU).
+        training_mode: ``adapters`` (adapters + layer norms + visual mapper), ``adapters_self_attn_only`` (the
+            same with adapters at the self-attention sites only, the paper's RQ2 ablation), or ``full``.
+        train_word_embeddings: train the whole-word and category tables (VIP5 keeps them frozen at their init).
+        whole_word_vocab: rows of the whole-word id table (VIP5: 1024; ids must stay below it).
+        category_vocab: rows of the category table (VIP5: 16; ids 0 = text, 1 = image slot are used).
+        embedding_init: init of those tables: ``normal`` = N(0, 1) as VIP5, ``zeros`` = start with no effect.
+        item_token_init: initial rows of item-id tokens (``data.indexing`` atomic/collaborative/semantic):
+            ``normal``, ``mean``, or ``content`` (each token starts from the image + text content of its items,
+            projected to the model width; see ``vip5.item_embeddings``).
+        item_token_scale: initial std of the item-token rows relative to the backbone's token table (1 = the
+            same). On a small from-scratch backbone, rows larger than the word tokens' let the model find the
+            items in a prompt within hundreds of steps instead of plateauing at popularity (docs/vip5.md, "Item
+            identifiers"; ``bench/vip5_indexing.py`` uses 3).
+        item_token_bias: a trainable output bias per item-id token (token schemes only), which holds each item's
+            popularity apart from its embedding row (``vip5.item_embeddings.ItemTokenHead``).
+    """
+
+    backbone: str = "t5-small"
+    backbone_config: dict[str, Any] | None = None
+    n_image_tokens: int = 2
+    adapter: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+    use_adapters: bool = True
+    training_mode: TrainingMode = "adapters"
+    train_word_embeddings: bool = False
+    whole_word_vocab: int = 1024
+    category_vocab: int = 16
+    embedding_init: Literal["normal", "zeros"] = "normal"
+    item_token_init: Literal["normal", "mean", "content"] = "normal"
+    item_token_scale: float = 1.0
+    item_token_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.training_mode not in ("adapters", "adapters_self_attn_only", "full"):
+            raise ValueError(f"unknown training_mode {self.training_mode!r}")
+        if self.embedding_init not in ("normal", "zeros"):
+            raise ValueError(f"unknown embedding_init {self.embedding_init!r}")
+        if self.n_image_tokens < 0:
+            raise ValueError(f"n_image_tokens must be >= 0, got {self.n_image_tokens}")
+        if not self.use_adapters and self.training_mode != "full":
+            raise ValueError(f"use_adapters=False needs training_mode='full' (got {self.training_mode!r}): with a "
+                             "frozen backbone the adapters are what trains")
+
+
 class VIP5Model(nn.Module):
     """VIP5: T5 + visual mapper + whole-word/category embeddings + bottleneck adapters.
 
     Args:
-        backbone: T5 name or folder for ``from_pretrained`` (``t5-small`` in the paper). Ignored when
-            ``backbone_config`` is given.
-        backbone_config: ``T5Config`` keyword arguments for a randomly initialised T5 (offline runs and tests).
+        config: the architecture (:class:`VIP5Config`).
         vocab_size: resize the token embeddings to the tokenizer size (32100 for the P5 tokenizer); None keeps it.
         feature_dim: width of the image features (CLIP ViT-B/32: 512).
-        n_image_tokens: soft tokens per image (the ``<extra_id_0>`` slots per item in the prompt); 0 = text only,
-            no visual parameters.
-        adapter: adapter configuration; None = no adapters.
-        training_mode: ``adapters`` | ``adapters_self_attn_only`` | ``full`` (see the module docstring).
-        whole_word_vocab: rows of the whole-word id table (VIP5: 1024; ids must stay below it).
-        category_vocab: rows of the category table (VIP5: 16; ids 0 = text, 1 = image slot are used).
-        train_word_embeddings: train the whole-word and category tables (VIP5 keeps them frozen).
-        embedding_init: init of those tables: ``normal`` = N(0, 1) as VIP5, ``zeros`` = start with no effect.
         image_token_id: id of the image placeholder ``<extra_id_0>`` (32099 for the P5 tokenizer; for a trained
             SentencePiece tokenizer it is ``len(tokenizer) - 1``).
         n_item_tokens: new vocabulary tokens for item ids (atomic, collaborative, semantic schemes), appended after
             ``vocab_size``; they always train, in every ``training_mode`` (``vip5.item_embeddings``).
-        item_token_init: ``normal``, ``mean`` or ``content`` (see ``ItemTokenEmbedding``).
         item_token_content: ``[n_item_tokens, d]`` per-token item content for ``item_token_init="content"``.
-        item_token_scale: initial std of the item-token rows relative to the base table's.
-        item_token_bias: a trainable output bias per item token (``vip5.item_embeddings.ItemTokenHead``).
     """
 
     def __init__(
         self,
-        backbone: str = "t5-small",
-        backbone_config: dict[str, Any] | None = None,
+        config: VIP5Config | None = None,
         vocab_size: int | None = None,
         feature_dim: int = 512,
-        n_image_tokens: int = 2,
-        adapter: AdapterConfig | None = AdapterConfig(),
-        training_mode: TrainingMode = "adapters",
-        whole_word_vocab: int = 1024,
-        category_vocab: int = 16,
-        train_word_embeddings: bool = False,
-        embedding_init: Literal["normal", "zeros"] = "normal",
         image_token_id: int = P5_IMAGE_TOKEN_ID,
         n_item_tokens: int = 0,
-        item_token_init: Literal["normal", "mean", "content"] = "normal",
         item_token_content: torch.Tensor | None = None,
-        item_token_scale: float = 1.0,
-        item_token_bias: bool = False,
     ):
         super().__init__()
-        if training_mode not in ("adapters", "adapters_self_attn_only", "full"):
-            raise ValueError(f"unknown training_mode {training_mode!r}")
-        if embedding_init not in ("normal", "zeros"):
-            raise ValueError(f"unknown embedding_init {embedding_init!r}")
-        if n_image_tokens < 0:
-            raise ValueError(f"n_image_tokens must be >= 0, got {n_image_tokens}")
-        self.training_mode = training_mode
-        self.train_word_embeddings = train_word_embeddings
+        config = config or VIP5Config()
+        self.config = config
+        self.training_mode = config.training_mode
+        self.train_word_embeddings = config.train_word_embeddings
         self.image_token_id = image_token_id
-        self.n_image_tokens = n_image_tokens
+        self.n_image_tokens = n_image_tokens = config.n_image_tokens
+        adapter = config.adapter if config.use_adapters else None
 
-        self.t5 = load_backbone(backbone, backbone_config)
+        self.t5 = load_backbone(config.backbone, config.backbone_config)
         if vocab_size is not None and vocab_size != self.t5.config.vocab_size:
             self.t5.resize_token_embeddings(vocab_size)
         self.item_tokens = (
-            attach_item_tokens(self.t5, n_item_tokens, item_token_init, content=item_token_content,
-                               scale=item_token_scale, bias=item_token_bias)
+            attach_item_tokens(self.t5, n_item_tokens, config.item_token_init, content=item_token_content,
+                               scale=config.item_token_scale, bias=config.item_token_bias)
             if n_item_tokens else None
         )
         d_model = self.t5.config.d_model
 
-        self.whole_word_embeddings = nn.Embedding(whole_word_vocab, d_model)
-        self.category_embeddings = nn.Embedding(category_vocab, d_model)
-        if embedding_init == "zeros":
+        self.whole_word_embeddings = nn.Embedding(config.whole_word_vocab, d_model)
+        self.category_embeddings = nn.Embedding(config.category_vocab, d_model)
+        if config.embedding_init == "zeros":
             nn.init.zeros_(self.whole_word_embeddings.weight)
             nn.init.zeros_(self.category_embeddings.weight)
         self.visual = VisualEmbedding(feature_dim, d_model, n_image_tokens) if n_image_tokens > 0 else None
 
-        if training_mode == "adapters_self_attn_only":
+        if config.training_mode == "adapters_self_attn_only":
             if adapter is None:
                 raise ValueError("training_mode='adapters_self_attn_only' needs an adapter config")
             sites = tuple(s for s in adapter.sites if s in SELF_ATTN_SITES)

@@ -62,7 +62,7 @@ def cli_value(value: Any) -> str:
 
 
 def override_args(overrides: dict[str, Any]) -> list[str]:
-    """``{"model.n_image_tokens": 1}`` -> ``["--model.n_image_tokens=1"]``."""
+    """``{"model.net.n_image_tokens": 1}`` -> ``["--model.net.n_image_tokens=1"]``."""
     return [f"--{key}={cli_value(value)}" for key, value in overrides.items()]
 
 

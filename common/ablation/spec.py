@@ -12,7 +12,7 @@ A sweep file (``configs/ablations/*.yaml``) is data, not code::
     settings:
       - name: r8
         tags: [r8]
-        overrides: {model.adapter.reduction_factor: 8}
+        overrides: {model.net.adapter.reduction_factor: 8}
     report:
       metrics: [A-3/NDCG@5, B-5/NDCG@5, C-3/BLEU-4]   # flat result keys: <prompt>/<metric> or <metric>
       x: model.adapter.reduction_factor                # numeric override plotted on the x axis (metric vs r)

@@ -63,22 +63,21 @@ def vip5_args(data_dir: Path, out: Path) -> list[str]:
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--trainer.callbacks.dirpath", str(out / "checkpoints"),
         "--trainer.num_sanity_val_steps", "0",
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.generate_demo", "false",
         "--data.init_args.n_negatives", "19",
         "--data.init_args.batch_size", "8",
         "--data.init_args.eval_batch_size", "4",
-        "--model.backbone_config", json.dumps({"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4,
-                                               "num_layers": 1, "num_decoder_layers": 1, "dropout_rate": 0.1,
-                                               "feed_forward_proj": "relu", "tie_word_embeddings": True,
-                                               "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}),
-        "--model.prompts.n_candidates", "20",
+        "--model.net.backbone_config", json.dumps({"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4,
+                                                   "num_layers": 1, "num_decoder_layers": 1, "dropout_rate": 0.1,
+                                                   "feed_forward_proj": "relu", "tie_word_embeddings": True,
+                                                   "decoder_start_token_id": 0, "pad_token_id": 0,
+                                                   "eos_token_id": 1}),
         "--model.prompts.sequential_samples", "1",
         "--model.prompts.direct_samples", "1",
         "--model.tokenizer_vocab_size", "300",
-        "--model.lr", "0.01",
+        "--model.optimizer.init_args.lr", "0.01",
         "--model.evaluation.num_beams", "5",
         "--model.evaluation.top_k", "5",
         "--model.evaluation.max_explanation_length", "6",
@@ -95,7 +94,6 @@ def pmg_args(data_dir: Path, out: Path) -> list[str]:
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        "--trainer.callbacks.dirpath", str(out / "checkpoints"),
         "--trainer.num_sanity_val_steps", "0",
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.generate_demo", "false",
@@ -105,7 +103,6 @@ def pmg_args(data_dir: Path, out: Path) -> list[str]:
         "--model.image_size", "16",
         "--model.generation.steps", "2",
         "--model.generation.grid", "[[1.0, 1.0], [2.0, 1.0]]",
-        "--model.generation.output_dir", str(out / "predictions"),
         "--model.generation.predict_limit", "5",
     ]
 
@@ -122,7 +119,7 @@ def run(model: str, data_dir: Path, out: Path, devices: int) -> None:
     else:
         from pmg.cli import main
 
-        args, trainable = pmg_args(data_dir, out), (lambda m: m.soft.trainable_state_dict())
+        args, trainable = pmg_args(data_dir, out), (lambda m: m.model.trainable_state_dict())
     args += _ddp(devices)
     ckpt = str(out / "checkpoints" / "last.ckpt")
 

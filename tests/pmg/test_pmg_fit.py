@@ -33,9 +33,9 @@ def _cli(data_dir, out, *extra):
 def trained(demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pmg")
     cli = _cli(demo_data / "pog", out, "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "3",
-               "--model.lr", "0.01", "--model.data.train_windows", "last")
+               "--model.optimizer.lr", "0.01", "--model.data.train_windows", "last")
     before = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/loss"]
-    start = {k: v.clone() for k, v in cli.model.soft.trainable_state_dict().items()}
+    start = {k: v.clone() for k, v in cli.model.model.soft.trainable_state_dict().items()}
     cli.trainer.fit(cli.model, cli.datamodule)
     after = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]["val/loss"]
     return cli, out, before, after, start
@@ -44,18 +44,18 @@ def trained(demo_data, tmp_path_factory):
 def test_fit_trains_only_soft_parts_and_lowers_loss(trained):
     cli, _, before, after, start = trained
     assert after < before, (before, after)
-    end = cli.model.soft.trainable_state_dict()
+    end = cli.model.model.soft.trainable_state_dict()
     assert set(end) == set(start) and all(not torch.equal(start[k], end[k]) for k in start)
-    frozen = [p for n, p in cli.model.named_parameters() if not n.startswith(("soft.soft_tokens", "soft.prefix",
-                                                                               "soft.mapper"))]
+    frozen = [p for n, p in cli.model.named_parameters()
+              if not n.startswith(("model.soft.soft_tokens", "model.soft.prefix", "model.soft.mapper"))]
     assert frozen and all(not p.requires_grad for p in frozen)
 
 
 def test_parameter_counts_include_the_frozen_diffusion_model(trained):
     cli, *_ = trained
-    counts = cli.model.count_parameters()
-    soft = cli.model.soft.count_parameters()
-    sd = cli.model.sd
+    counts = cli.model.model.count_parameters()
+    soft = cli.model.model.soft.count_parameters()
+    sd = cli.model.model.sd
     sd_total = sum(p.numel() for m in (sd.vae, sd.unet, sd.text_encoder) for p in m.parameters())
     assert counts["trainable"] == soft["trainable"] > 0
     assert counts["total"] == soft["trainable"] + soft["frozen"] + sd_total
@@ -67,7 +67,7 @@ def test_checkpoint_holds_trainable_weights_and_resumes(trained, demo_data):
     cli, out, *_ = trained
     ckpt = out / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert set(state) == {f"soft.{k}" for k in cli.model.soft.trainable_state_dict()}
+    assert set(state) == {f"model.soft.{k}" for k in cli.model.model.soft.trainable_state_dict()}
     cli2 = _cli(demo_data / "pog", out, "--trainer.max_epochs", "4", "--trainer.limit_val_batches", "1",
                 "--model.data.train_windows", "last")
     cli2.trainer.fit(cli2.model, cli2.datamodule, ckpt_path=str(ckpt))

@@ -18,8 +18,8 @@ def continued(demo_data, tmp_path_factory):
     cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.default_root_dir", str(out),
                 "--data.init_args.data_dir", str(demo_data / "amazon"), "--data.init_args.generate_demo", "false",
                 "--data.init_args.image_encoder", "null", "--data.init_args.n_negatives", "19",
-                "--data.init_args.cache_dir", str(out / "cache"), "--model.n_image_tokens", "0",
-                "--model.item_token_init", "normal", "--model.tokenizer_vocab_size", "400",
+                "--data.init_args.cache_dir", str(out / "cache"), "--model.net.n_image_tokens", "0",
+                "--model.net.item_token_init", "normal", "--model.tokenizer_vocab_size", "400",
                 "--model.prompts.families", "[sequential]", "--model.prompts.target_items", "3",
                 "--model.prompts.train_templates", "[A-1, A-2, A-3, A-7]"], run_cli=False)
     cli.datamodule.prepare_data()

@@ -4,7 +4,6 @@ from torch import nn
 from transformers.models.t5.modeling_t5 import eager_attention_forward
 
 from vip5.dropout import ATTENTION, FastDropout, attention, fast_dropout
-from vip5.model import VIP5Model
 
 P = 0.1
 Q = round(P * 2**16) / 2**16  # the drop probability a 16-bit mask realises
@@ -102,13 +101,12 @@ def test_attention_without_dropout_is_sdpa():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def _tiny_vip5(dropout_rate: float) -> VIP5Model:
-    torch.manual_seed(0)
-    return VIP5Model(
-        backbone_config=dict(vocab_size=64, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                             d_kv=8, dropout_rate=dropout_rate),
-        feature_dim=16, n_image_tokens=1, image_token_id=63,
-    )
+@pytest.fixture
+def _tiny_vip5(tiny_vip5, tiny_t5_config):
+    """``_tiny_vip5(dropout_rate)``: the shared tiny VIP5 on a 64-id vocabulary with one image token."""
+    return lambda dropout_rate: tiny_vip5(
+        0, backbone_config={**tiny_t5_config, "vocab_size": 64, "dropout_rate": dropout_rate}, n_image_tokens=1,
+        image_token_id=63)
 
 
 def _batch():
@@ -121,7 +119,7 @@ def _batch():
                 image_feats=torch.randn(3, 1, 16, generator=g), labels=torch.randint(3, 60, (3, 4), generator=g))
 
 
-def test_vip5_backbone_uses_fast_dropout_and_matches_stock_sdpa_outside_training():
+def test_vip5_backbone_uses_fast_dropout_and_matches_stock_sdpa_outside_training(_tiny_vip5):
     model = _tiny_vip5(0.1)
     assert not any(type(m) is nn.Dropout for m in model.modules())
     assert sum(isinstance(m, FastDropout) for m in model.modules()) == 16  # 2 per stack + 3/4 per block
@@ -133,7 +131,7 @@ def test_vip5_backbone_uses_fast_dropout_and_matches_stock_sdpa_outside_training
     assert torch.allclose(ours, model(**_batch()).logits, atol=1e-5)
 
 
-def test_vip5_training_with_dropout_is_seeded_and_trains_adapters():
+def test_vip5_training_with_dropout_is_seeded_and_trains_adapters(_tiny_vip5):
     model = _tiny_vip5(0.2).train()
     torch.manual_seed(3)
     first = model(**_batch()).loss

@@ -10,20 +10,17 @@ import torch
 
 from vip5.adapters import AdapterConfig
 from vip5.item_embeddings import ItemTokenEmbedding, ItemTokenHead
-from vip5.model import VIP5Model
 from vip5.trie import ItemTrie, TrieLogitsProcessor
 
-TINY = dict(vocab_size=200, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8,
-            dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 IMG = 199
 N_ITEMS = 30
 
 
-def tiny(**kwargs) -> VIP5Model:
-    torch.manual_seed(0)
-    kwargs = {"backbone_config": TINY, "feature_dim": 16, "n_image_tokens": 0, "image_token_id": IMG,
-              "n_item_tokens": N_ITEMS, "adapter": AdapterConfig(init="default"), **kwargs}
-    return VIP5Model(**kwargs)
+@pytest.fixture
+def tiny(tiny_vip5):
+    """``tiny(**kwargs)``: the shared tiny VIP5, text only, with N_ITEMS item-id tokens."""
+    return lambda **kwargs: tiny_vip5(0, **{"n_image_tokens": 0, "n_item_tokens": N_ITEMS,
+                                           "adapter": AdapterConfig(init="default"), **kwargs})
 
 
 def inputs():
@@ -59,7 +56,7 @@ def test_item_token_scale_sets_the_rows_std_relative_to_the_base_table(init):
         ItemTokenEmbedding(base, 4, scale=0.0)
 
 
-def test_frozen_backbone_trains_only_adapters_and_item_rows():
+def test_frozen_backbone_trains_only_adapters_and_item_rows(tiny):
     model = tiny(training_mode="adapters").train()
     x, labels = inputs()
     out = model(**x, labels=labels)
@@ -79,7 +76,7 @@ def test_frozen_backbone_trains_only_adapters_and_item_rows():
     assert counts["trainable"] == sum(counts["trainable_by_group"].values())
 
 
-def test_optimizer_moves_item_rows_not_the_base_table():
+def test_optimizer_moves_item_rows_not_the_base_table(tiny):
     model = tiny(training_mode="adapters").train()
     emb = model.t5.get_input_embeddings()
     base_before, item_before = emb.base.weight.detach().clone(), emb.item.weight.detach().clone()
@@ -94,7 +91,7 @@ def test_optimizer_moves_item_rows_not_the_base_table():
     assert all(p is not emb.base.weight for group in opt.param_groups for p in group["params"])
 
 
-def test_trie_constrained_generation_returns_item_tokens_only():
+def test_trie_constrained_generation_returns_item_tokens_only(tiny):
     model = tiny(training_mode="full").eval()
     x, _ = inputs()
     items = {f"i{k}": [200 + k, 1] for k in range(N_ITEMS)}
@@ -166,11 +163,11 @@ def test_content_init_is_a_no_op_for_text_ids(demo_data, tmp_path):
 
     cli = _fit(demo_data / "amazon", tmp_path / "txt", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
                "1", "--trainer.limit_val_batches", "0", "--data.init_args.indexing", "random",
-               "--model.item_token_init", "content")
+               "--model.net.item_token_init", "content")
     assert cli.model.model.item_tokens is None and cli.model.sample_builder.n_item_tokens == 0
 
 
-def test_item_token_bias_starts_neutral_and_trains_with_a_frozen_backbone():
+def test_item_token_bias_starts_neutral_and_trains_with_a_frozen_backbone(tiny):
     plain, biased = tiny(training_mode="adapters"), tiny(training_mode="adapters", item_token_bias=True)
     x, labels = inputs()
     head = biased.t5.lm_head

@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from vip5.adapters import AdapterConfig, is_adapter_parameter
-from vip5.model import VIP5Model, load_backbone
+from vip5.model import VIP5Config, VIP5Model, load_backbone
 
-TINY = dict(
-    vocab_size=200, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, dropout_rate=0.0
-)
 IMG = 199  # image placeholder id of the tiny vocabulary (the last id, as 32099 in the P5 tokenizer)
 T5_SMALL_SHAPE = dict(
     vocab_size=32100, d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64,
@@ -18,10 +15,10 @@ T5_SMALL_SHAPE = dict(
 )
 
 
-def tiny(seed: int = 0, **kwargs) -> VIP5Model:
-    torch.manual_seed(seed)
-    kwargs = {"backbone_config": TINY, "feature_dim": 16, "n_image_tokens": 2, "image_token_id": IMG, **kwargs}
-    return VIP5Model(**kwargs).eval()
+@pytest.fixture
+def tiny(tiny_vip5):
+    """``tiny(seed=0, **kwargs)``: the shared tiny VIP5 with 2 image tokens, in eval mode."""
+    return lambda seed=0, **kwargs: tiny_vip5(seed, **{"n_image_tokens": 2, **kwargs}).eval()
 
 
 def batch():
@@ -47,7 +44,7 @@ def batch():
 def test_parameter_arithmetic_t5_small_shape(n, trainable, total, pct, visual):
     # Built on the meta device: same modules and parameter sharing, no memory or init time.
     with torch.device("meta"):
-        model = VIP5Model(backbone_config=T5_SMALL_SHAPE, feature_dim=512, n_image_tokens=n, adapter=AdapterConfig())
+        model = VIP5Model(VIP5Config(backbone_config=T5_SMALL_SHAPE, n_image_tokens=n), feature_dim=512)
     counts = model.count_parameters()
     assert (counts["trainable"], counts["total"]) == (trainable, total)
     assert f"{counts['pct']:.2f}" == pct
@@ -60,7 +57,7 @@ def test_parameter_arithmetic_t5_small_shape(n, trainable, total, pct, visual):
     assert counts["total"] == sum(p.numel() for p in model.parameters())
 
 
-def test_training_modes():
+def test_training_modes(tiny):
     model = tiny(training_mode="adapters_self_attn_only")
     hosts = {n.split(".adapter.")[0] for n, _ in model.named_parameters() if is_adapter_parameter(n)}
     assert hosts and all(h.endswith("SelfAttention") for h in hosts)
@@ -74,7 +71,7 @@ def test_training_modes():
     assert frozen.t5.lm_head.weight is frozen.t5.shared.weight
 
 
-def test_frozen_weights_get_no_grad_and_do_not_move():
+def test_frozen_weights_get_no_grad_and_do_not_move(tiny):
     model = tiny(adapter=AdapterConfig(init="default")).train()
     inputs, labels = batch()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -92,7 +89,7 @@ def test_frozen_weights_get_no_grad_and_do_not_move():
     assert all(is_adapter_parameter(n) or n.startswith("visual.") or "layer_norm" in n for n in trained)
 
 
-def test_adapter_step_skips_exactly_the_frozen_weight_gradient_matmuls():
+def test_adapter_step_skips_exactly_the_frozen_weight_gradient_matmuls(tiny, tiny_t5_config):
     """The compute the adapter mode saves: every frozen Linear's weight-gradient matmul (2 x rows x in x out FLOPs),
     and nothing else. Its forward and its input gradients through the frozen layers are the full model's."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -103,7 +100,7 @@ def test_adapter_step_skips_exactly_the_frozen_weight_gradient_matmuls():
         # With dropout, CPU training runs the same eager attention in both modes. Without it SDPA may pick a
         # different kernel per mode (the relative position bias requires grad only in ``full``), which the
         # counter prices differently.
-        model = tiny(training_mode=mode, backbone_config={**TINY, "dropout_rate": 0.1}).train()
+        model = tiny(training_mode=mode, backbone_config={**tiny_t5_config, "dropout_rate": 0.1}).train()
         linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         rows: dict[str, int] = {}  # input rows each Linear saw in the forward
 
@@ -130,7 +127,7 @@ def test_adapter_step_skips_exactly_the_frozen_weight_gradient_matmuls():
     assert flops["full"][1] - flops["adapters"][1] == weight_grads > 0
 
 
-def test_near_identity_adapters_equal_plain_backbone():
+def test_near_identity_adapters_equal_plain_backbone(tiny):
     inputs, labels = batch()
     plain = tiny(adapter=None)(**inputs, labels=labels).logits
     adapted = tiny(adapter=AdapterConfig(init="near_identity"))(**inputs, labels=labels).logits
@@ -140,7 +137,7 @@ def test_near_identity_adapters_equal_plain_backbone():
 
 
 # -------------------------------------------------------------------------------------------- encoder input
-def test_image_tokens_land_on_their_slots():
+def test_image_tokens_land_on_their_slots(tiny):
     model = tiny(embedding_init="zeros")
     inputs, _ = batch()
     ids, feats = inputs["input_ids"], inputs["image_feats"]
@@ -161,7 +158,7 @@ def test_image_tokens_land_on_their_slots():
     assert torch.allclose(limited[0, 2], tokens[0, 0, 0]) and torch.allclose(limited[0, 6], text[0, 6])
 
 
-def test_whole_word_and_category_embeddings_are_added():
+def test_whole_word_and_category_embeddings_are_added(tiny):
     model = tiny()
     inputs, _ = batch()
     ids, ww = inputs["input_ids"], inputs["whole_word_ids"]
@@ -175,7 +172,7 @@ def test_whole_word_and_category_embeddings_are_added():
     assert torch.allclose(slot_part, model.visual(inputs["image_feats"])[0, 0, 0], atol=1e-5)
 
 
-def test_text_only_model_has_no_visual_parameters():
+def test_text_only_model_has_no_visual_parameters(tiny):
     model = tiny(n_image_tokens=0)
     assert model.visual is None
     assert not any(n.startswith("visual") for n, _ in model.named_parameters())
@@ -189,7 +186,7 @@ def test_text_only_model_has_no_visual_parameters():
 TASKS = ["sequential", "direct", "explanation"]
 
 
-def test_per_sample_task_routing_matches_per_row_runs():
+def test_per_sample_task_routing_matches_per_row_runs(tiny):
     model = tiny(adapter=AdapterConfig(shared=False, init="default"))
     inputs, labels = batch()
     with torch.no_grad():
@@ -204,7 +201,7 @@ def test_per_sample_task_routing_matches_per_row_runs():
                     assert not torch.allclose(alone, elsewise, atol=1e-4)
 
 
-def test_encode_once_then_score_candidates():
+def test_encode_once_then_score_candidates(tiny):
     model = tiny(adapter=AdapterConfig(shared=False, init="default"))
     inputs, labels = batch()
     with torch.no_grad():
@@ -222,7 +219,7 @@ def test_encode_once_then_score_candidates():
     assert torch.allclose(scored[::k], direct, atol=1e-6) and torch.allclose(scored[1::k], direct, atol=1e-6)
 
 
-def test_generate_beam_search_with_routing():
+def test_generate_beam_search_with_routing(tiny):
     model = tiny(adapter=AdapterConfig(shared=False, init="default"))
     inputs, _ = batch()
     kw = dict(num_beams=4, num_return_sequences=2, max_new_tokens=4, output_scores=True, return_dict_in_generate=True)
@@ -241,7 +238,7 @@ def test_generate_beam_search_with_routing():
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
-def test_trainable_state_dict_round_trip():
+def test_trainable_state_dict_round_trip(tiny):
     inputs, labels = batch()
     trained = tiny(seed=0, adapter=AdapterConfig(init="default"), train_word_embeddings=True)
     with torch.no_grad():

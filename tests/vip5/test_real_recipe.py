@@ -36,9 +36,9 @@ def test_recipe_trains_within_its_budget_on_a_read_only_sequences_folder(sequenc
                 "--trainer.default_root_dir", str(tmp_path / "run"),
                 "--trainer.callbacks.dirpath", str(tmp_path / "run/checkpoints"), "--trainer.precision", "32-true",
                 "--data.init_args.data_dir", str(sequences_only), "--data.init_args.cache_dir", str(tmp_path / "cache"),
-                "--data.init_args.batch_size", "16", "--model.backbone_config.d_model", "32",
-                "--model.backbone_config.d_ff", "64", "--model.backbone_config.d_kv", "8",
-                "--model.warmup_steps", "2", "--model.evaluation.test_users", "25"], run_cli=False)
+                "--data.init_args.batch_size", "16", "--model.net.backbone_config.d_model", "32",
+                "--model.net.backbone_config.d_ff", "64", "--model.net.backbone_config.d_kv", "8",
+                "--model.scheduler.warmup_steps", "2", "--model.evaluation.test_users", "25"], run_cli=False)
     trainer, module = cli.trainer, cli.model
     trainer.fit(module, cli.datamodule)
     assert trainer.global_step >= 1 and module.model.adapter_config is None  # from scratch: no adapters
@@ -46,7 +46,7 @@ def test_recipe_trains_within_its_budget_on_a_read_only_sequences_folder(sequenc
     # with it: the last scheduler step came when the budget was nearly spent
     assert trainer.current_epoch < 1000
     lr = trainer.optimizers[0].param_groups[0]["lr"]
-    assert lr < 0.5 * module.hparams.lr
+    assert lr < 0.5 * trainer.optimizers[0].defaults["lr"]
     # the tokenizer learnt the template words, not fragments of the thousands of item ids
     tok = module.sample_builder.tokenizer
     pieces = tok.tokenize("Given the following purchase history")

@@ -26,7 +26,6 @@ def _args(data_dir, out, *extra):
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.generate_demo", "false",
         "--data.init_args.n_negatives", "19",
-        "--model.prompts.n_candidates", "20",
         "--model.prompts.sequential_samples", "2",
         "--model.prompts.direct_samples", "2",
         "--model.tokenizer_vocab_size", "400",
@@ -50,7 +49,7 @@ def _default():
 def test_fit_lowers_loss_and_checkpoint_resumes(demo_data, tmp_path):
     out = tmp_path / "run"
     cli = _fit(demo_data / "amazon", out, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-               "--trainer.limit_val_batches", "2", "--model.lr", "0.003")
+               "--trainer.limit_val_batches", "2", "--model.optimizer.lr", "0.003")
     model = cli.model
     dm = cli.datamodule
     batch = next(iter(dm.val_dataloader()))
@@ -62,7 +61,8 @@ def test_fit_lowers_loss_and_checkpoint_resumes(demo_data, tmp_path):
     # resume: a new CLI continues from the checkpoint (epoch counter and weights restored)
     cli2 = main(["--config", str(_default()), *_args(demo_data / "amazon", out, "--trainer.max_epochs", "4",
                                                      "--trainer.limit_train_batches", "15",
-                                                     "--trainer.limit_val_batches", "2", "--model.lr", "0.003")],
+                                                     "--trainer.limit_val_batches", "2",
+                                                     "--model.optimizer.lr", "0.003")],
                 run_cli=False)
     cli2.trainer.fit(cli2.model, cli2.datamodule, ckpt_path=str(ckpt))
     assert cli2.trainer.current_epoch == 4
