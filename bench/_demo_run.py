@@ -15,7 +15,7 @@ def fit_and_test(data: Path, out: Path, args: list[str], ckpt: str = "best"):
 
     Args:
         data: the demo folder (``generate_demo`` output; ``data/amazon`` is used).
-        out: run folder (checkpoints under ``out/ckpt``).
+        out: run folder (checkpoints under ``out/checkpoints``).
         args: further CLI arguments (epochs, indexing, test templates ...).
         ckpt: ``best`` (the default config's checkpoint monitor: highest ``val/hr@10``) or ``last`` (the end of
             the fixed epoch budget).
@@ -26,9 +26,8 @@ def fit_and_test(data: Path, out: Path, args: list[str], ckpt: str = "best"):
     from vip5.cli import DEFAULT_CONFIG, main
 
     cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.logger", "false", "--trainer.enable_progress_bar",
-                "false", "--trainer.default_root_dir", str(out), "--trainer.callbacks.dirpath", str(out / "ckpt"),
-                "--data.init_args.data_dir", str(data / "amazon"), "--data.init_args.generate_demo", "false",
-                *args], run_cli=False)
+                "false", "--trainer.default_root_dir", str(out), "--data.init_args.data_dir", str(data / "amazon"),
+                "--data.init_args.generate_demo", "false", *args], run_cli=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_s = time.perf_counter() - start

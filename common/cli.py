@@ -34,11 +34,19 @@ def configure_environment() -> None:
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+def is_overlay(path: str) -> bool:
+    """A config in a ``debug`` folder (``configs/debug/*.yaml``) is an overlay: it changes a few settings of the
+    config before it (by default the embedded one) rather than describing a whole run."""
+    return Path(path).parent.name == "debug"
+
+
 def with_default_config(args: list[str], default_config: Path) -> list[str]:
-    """Insert ``--config <embedded default>`` after the subcommand when the user gave no config."""
+    """Insert ``--config <embedded default>`` after the subcommand when the user gave no config, or only overlays."""
     if not args or args[0] not in SUBCOMMANDS:
         return args
-    if any(a == "--config" or a.startswith("--config=") or a in ("-c",) for a in args):
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config", "-c")]
+    configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    if any(not is_overlay(c) for c in configs):
         return args
     return [args[0], "--config", str(default_config), *args[1:]]
 

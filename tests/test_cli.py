@@ -18,7 +18,7 @@ def test_help_lists_documented_options(program, capsys):
         main(["fit", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert "--model.lr" in text and "--data" in text and "--trainer.precision" in text
+    assert "--model.optimizer" in text and "--data" in text and "--trainer.precision" in text
     key = "--model.net.n_image_tokens" if program == "vip5" else "--model.n_soft_tokens"
     assert key in text
 
@@ -29,6 +29,12 @@ def test_default_config_inserted_only_when_missing():
     assert with_default_config(["fit", "--config", "a.yaml"], default) == ["fit", "--config", "a.yaml"]
     assert with_default_config(["test", "--config=a.yaml"], default) == ["test", "--config=a.yaml"]
     assert with_default_config(["--help"], default) == ["--help"]
+    # an overlay (configs/debug/*.yaml) changes the embedded default rather than replacing it
+    overlay = "configs/debug/vip5.yaml"
+    assert with_default_config(["fit", "--config", overlay], default) == ["fit", "--config", str(default), "--config",
+                                                                          overlay]
+    assert with_default_config(["fit", "--config", "a.yaml", "--config", overlay], default)[:3] == [
+        "fit", "--config", "a.yaml"]
 
 
 def test_data_cli_help(capsys):

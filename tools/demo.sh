@@ -14,22 +14,18 @@ echo "== 2/6 CLIP image features (small CLIP trained on the demo renders) -> dat
 $BIN/vip5-data features data/demo/amazon --source amazon --encoder demo-tiny
 
 echo "== 3/6 vip5 fit (embedded default: tiny T5 from config, SentencePiece trained on the corpus)"
-$BIN/vip5 fit --trainer.default_root_dir "$OUT/vip5" \
-  --trainer.callbacks.dirpath "$OUT/vip5/checkpoints" --trainer.logger.init_args.save_dir "$OUT/vip5" \
-  --trainer.max_epochs "${VIP5_EPOCHS:-4}"
+# --trainer.default_root_dir is the run directory: the W&B run and checkpoints/ go under it
+$BIN/vip5 fit --trainer.default_root_dir "$OUT/vip5" --trainer.max_epochs "${VIP5_EPOCHS:-4}"
 
 echo "== 4/6 vip5 test (per-prompt table) and model-free baselines on the same splits"
-$BIN/vip5 test --trainer.default_root_dir "$OUT/vip5" --trainer.logger.init_args.save_dir "$OUT/vip5" \
-  --ckpt_path "$OUT/vip5/checkpoints/last.ckpt"
+$BIN/vip5 test --trainer.default_root_dir "$OUT/vip5" --ckpt_path "$OUT/vip5/checkpoints/last.ckpt"
 $BIN/python -m vip5.baselines --data_dir data/demo/amazon --out "$OUT/vip5/baselines.json"
 
 echo "== 5/6 pmg fit (embedded default: small Llama, small SD components, TF-IDF keywords)"
-$BIN/pmg fit --trainer.default_root_dir "$OUT/pmg" --trainer.callbacks.dirpath "$OUT/pmg/checkpoints" \
-  --trainer.logger.init_args.save_dir "$OUT/pmg" --trainer.max_epochs "${PMG_EPOCHS:-2}"
+$BIN/pmg fit --trainer.default_root_dir "$OUT/pmg" --trainer.max_epochs "${PMG_EPOCHS:-2}"
 
 echo "== 6/6 pmg predict on a few demo users"
-$BIN/pmg predict --trainer.default_root_dir "$OUT/pmg" --trainer.logger.init_args.save_dir "$OUT/pmg" \
-  --model.generation.output_dir "$OUT/pmg/predictions" --ckpt_path "$OUT/pmg/checkpoints/last.ckpt"
+$BIN/pmg predict --trainer.default_root_dir "$OUT/pmg" --ckpt_path "$OUT/pmg/checkpoints/last.ckpt"
 
 echo
 echo "VIP5 results table: $OUT/vip5/checkpoints/test_results.json (baselines: $OUT/vip5/baselines.json)"

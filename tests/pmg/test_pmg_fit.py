@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from pmg.cli import DEFAULT_CONFIG, main
 
+DEBUG = Path(__file__).resolve().parents[2] / "configs/debug/pmg.yaml"
+
 pytestmark = pytest.mark.slow
 
 
 def _cli(data_dir, out, *extra):
-    return main([
-        "--config", str(DEFAULT_CONFIG),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks.dirpath", str(out / "checkpoints"),
-        "--data.init_args.data_dir", str(data_dir),
-        "--data.init_args.generate_demo", "false",
-        "--data.init_args.n_negatives", "19",
-        "--model.generation.output_dir", str(out / "predictions"),
-        "--model.generation.steps", "2",
-        "--model.image_size", "16",
-        *extra,
-    ], run_cli=False)
+    """The debug overlay (no logger, 16-pixel images, 2 denoising steps) on ``data_dir``, run folder ``out``."""
+    return main(["--config", str(DEFAULT_CONFIG), "--config", str(DEBUG), "--trainer.default_root_dir", str(out),
+                 "--data.init_args.data_dir", str(data_dir), *extra], run_cli=False)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +111,9 @@ def test_cli_predict_takes_generation_settings_from_command_line(trained, demo_d
     """`pmg predict --ckpt_path` keeps the trained architecture but uses the command line's generation options."""
     _, out, *_ = trained
     target = out / "cli_pred"
-    main(["predict", "--config", str(DEFAULT_CONFIG), "--trainer.logger", "false",
-          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
-          "--data.init_args.data_dir", str(demo_data / "pog"), "--data.init_args.generate_demo", "false",
-          "--data.init_args.n_negatives", "19", "--model.generation.predict_limit", "1",
+    # an overlay alone is applied on top of the embedded default
+    main(["predict", "--config", str(DEBUG), "--trainer.default_root_dir", str(out),
+          "--data.init_args.data_dir", str(demo_data / "pog"), "--model.generation.predict_limit", "1",
           "--model.generation.output_dir", str(target), "--model.generation.steps", "1",
           "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
     assert len(list((target / "sheets").glob("*.png"))) == 1
@@ -130,18 +121,16 @@ def test_cli_predict_takes_generation_settings_from_command_line(trained, demo_d
 
 def test_predict_logs_sheets_and_table_to_offline_wandb(trained, demo_data, tmp_path):
     _, out, *_ = trained
-    cli = main(["--config", str(DEFAULT_CONFIG), "--trainer.enable_progress_bar", "false",
-                "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
-                "--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.project", "pmg-test",
-                "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.dirpath", str(tmp_path / "ck"),
-                "--data.init_args.data_dir", str(demo_data / "pog"), "--data.init_args.generate_demo", "false",
-                "--data.init_args.n_negatives", "19", "--model.generation.predict_limit", "1",
-                "--model.generation.steps", "1", "--model.image_size", "16",
-                "--model.generation.output_dir", str(tmp_path / "pred")], run_cli=False)
+    # the logger writes into the run directory, as do the predictions
+    cli = main(["--config", str(DEFAULT_CONFIG), "--config", str(DEBUG),
+                "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.project", "pmg-test",
+                "--trainer.default_root_dir", str(tmp_path), "--data.init_args.data_dir", str(demo_data / "pog"),
+                "--model.generation.predict_limit", "1", "--model.generation.steps", "1"], run_cli=False)
     cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     import wandb
 
     wandb.finish()
+    assert len(list((tmp_path / "predictions" / "sheets").glob("*.png"))) == 1
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = list(runs[0].glob("files/media/images/**/*.png"))

@@ -13,25 +13,13 @@ from vip5.cli import main
 from vip5.data import model_inputs, select_rows
 
 pytestmark = pytest.mark.slow
+DEBUG = Path(__file__).resolve().parents[2] / "configs/debug/vip5.yaml"
 
 
 def _args(data_dir, out, *extra):
-    return [
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        f"--trainer.callbacks.dirpath={out}/checkpoints",
-        "--trainer.callbacks.save_last=true",
-        "--data.init_args.data_dir", str(data_dir),
-        "--data.init_args.generate_demo", "false",
-        "--data.init_args.n_negatives", "19",
-        "--model.prompts.sequential_samples", "2",
-        "--model.prompts.direct_samples", "2",
-        "--model.tokenizer_vocab_size", "400",
-        "--model.evaluation.num_beams", "5",
-        *extra,
-    ]
+    """The debug overlay (no logger, a small tokenizer, few prompts) on ``data_dir``, run folder ``out``."""
+    return ["--config", str(DEBUG), "--trainer.default_root_dir", str(out), "--data.init_args.data_dir", str(data_dir),
+            *extra]
 
 
 def _fit(data_dir, out, *extra):
