@@ -145,21 +145,17 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from vip5.adapters import AdapterConfig
-    from vip5.model import VIP5Model
+    from vip5.model import VIP5Config, VIP5Model
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     _trim()
     runtime_kb = _rss_kb()
     torch.manual_seed(0)
-    model = VIP5Model(
-        backbone_config={**T5_SMALL_SHAPE, "dropout_rate": args.dropout},
-        feature_dim=512,
-        n_image_tokens=args.n_image_tokens,
-        adapter=AdapterConfig(reduction_factor=8),
-        training_mode=args.mode,
-        image_token_id=IMAGE_TOKEN_ID,
-    ).to(device)
+    config = VIP5Config(backbone_config={**T5_SMALL_SHAPE, "dropout_rate": args.dropout},
+                        n_image_tokens=args.n_image_tokens, adapter=AdapterConfig(reduction_factor=8),
+                        training_mode=args.mode)
+    model = VIP5Model(config, feature_dim=512, image_token_id=IMAGE_TOKEN_ID).to(device)
     model.train()
     counts = model.count_parameters()
     data = make_batch(args.batch, args.src_len, args.tgt_len, args.items, args.n_image_tokens, 512)
