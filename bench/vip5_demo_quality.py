@@ -11,7 +11,7 @@ LAST line is one JSON object:
     {"hr10_vip5": ..., "hr10_popularity": ..., "hr10_direct_with_images": ...,
      "hr10_direct_without_images": ..., ...}
 
-    .venv/bin/python bench/vip5_demo_quality.py [--epochs 10] [--threads 2] [-- --model.lr 0.002]
+    .venv/bin/python bench/vip5_demo_quality.py [--epochs 10] [--threads 2] [-- --model.optimizer.init_args.lr 0.002]
 
 Why this recipe (measured, docs/results.md, "Item identifiers"): a from-scratch model learns popularity first and only
 later learns to read the items in the prompt; dropout and the explanation prompts delay that jump past a

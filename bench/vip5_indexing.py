@@ -15,7 +15,8 @@ The LAST line is one JSON object:
     {"hr10_random": ..., "hr10_sequential": ..., "hr10_atomic": ..., "hr10_collaborative": ...,
      "hr10_semantic": ..., "hr10_popularity": ..., "ndcg10_...": ..., "fit_seconds": {...}, "epochs": ...}
 
-    .venv/bin/python bench/vip5_indexing.py [--epochs 20] [--schemes atomic semantic] [-- --model.lr 0.003]
+    .venv/bin/python bench/vip5_indexing.py [--epochs 20] [--schemes atomic semantic] \
+        [-- --model.optimizer.init_args.lr 0.003]
 
 Why this recipe: a from-scratch model first learns popularity and only later learns to read the items in the
 prompt (a plateau, then a jump); content-initialised id-token rows at 3x scale and fewer distractions (no

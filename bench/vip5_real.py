@@ -1,7 +1,7 @@
 """VIP5 from scratch against SASRec and popularity on a real data folder, with the same wall-clock training budget.
 
     .venv/bin/python bench/vip5_real.py DATA_DIR --minutes M [--users N] [--source amazon] \
-        [--config configs/sports_scratch.yaml] [--out DIR] [-- vip5 arguments, e.g. --model.lr 0.002]
+        [--config configs/sports_scratch.yaml] [--out DIR] [-- vip5 arguments, e.g. --model.optimizer.init_args.lr 2e-3]
 
 1. Popularity (training counts) ranks the full catalogue for N fixed test users (``common.data.splits.sample_users``).
 2. SASRec (``vip5.sasrec``: cross-entropy over all items, every position a target) trains for M minutes.
@@ -60,7 +60,6 @@ def vip5(data_dir: Path, source: str, config: Path, out: Path, users: int, secon
             self.tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
 
     cli = main(["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", str(out),
-                "--trainer.callbacks.dirpath", str(out / "checkpoints"),
                 "--trainer.max_time", json.dumps({"seconds": int(seconds)}),
                 "--data", DATA_MODULES[source], "--data.init_args.data_dir", str(data_dir),
                 "--data.init_args.cache_dir", str(out.parent / "cache"),

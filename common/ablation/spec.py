@@ -15,7 +15,7 @@ A sweep file (``configs/ablations/*.yaml``) is data, not code::
         overrides: {model.net.adapter.reduction_factor: 8}
     report:
       metrics: [A-3/NDCG@5, B-5/NDCG@5, C-3/BLEU-4]   # flat result keys: <prompt>/<metric> or <metric>
-      x: model.adapter.reduction_factor                # numeric override plotted on the x axis (metric vs r)
+      x: model.net.adapter.reduction_factor            # numeric override plotted on the x axis (metric vs r)
       x_label: reduction factor r
       x_scale: log2
 
@@ -160,7 +160,7 @@ def _overrides(path: Path, where: str, value: Any) -> dict[str, Any]:
     for key in value:
         if not isinstance(key, str) or not _KEY.match(key):
             raise _fail(path, f"{where}.{key}", "keys are dotted CLI option names without dashes, "
-                                                 "e.g. model.n_image_tokens")
+                                                 "e.g. model.net.n_image_tokens")
         if any(key == r or key.startswith(r + ".") for r in RESERVED_KEYS):
             raise _fail(path, f"{where}.{key}", f"set by the sweep runner for every run (reserved: "
                                                  f"{', '.join(RESERVED_KEYS)})")
