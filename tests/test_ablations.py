@@ -186,7 +186,7 @@ def test_two_setting_sweep_end_to_end(demo_data, tmp_path):
         assert run.tags == ["vip5", "test", setting.name]
         assert run.config["ablation"]["setting"] == setting.name
         assert run.config["params/pct"] == pytest.approx(result["trainable_pct"])
-        assert run.config["cli"]["model"]["n_image_tokens"] == setting.overrides["model.net.n_image_tokens"]
+        assert run.config["cli"]["model"]["net"]["n_image_tokens"] == setting.overrides["model.net.n_image_tokens"]
         assert {"train/loss", "val/loss", "time/epoch_seconds", "memory/peak_mb", "test/A-3/HR@5"} <= run.history_keys
         assert run.summary["test/B-5/NDCG@5"] == pytest.approx(result["metrics"]["B-5/NDCG@5"])
 
