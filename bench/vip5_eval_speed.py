@@ -111,7 +111,8 @@ def main() -> None:
     for mode in ("trie", "free"):
         ev.config.decoding = mode
         rate, outs = timed(ev._sequential, "A-3")
-        invalid = sum(o[2] for o in outs) / len(outs)
+        shares = [share for o in outs for share in o[2]]  # each user's share of invalid beams
+        invalid = sum(shares) / max(len(shares), 1)
         key = "constrained" if mode == "trie" else "unconstrained"
         results[f"users_per_s_{key}"] = round(rate, 3)
         results[f"invalid_rate_{key}"] = round(invalid, 4)
