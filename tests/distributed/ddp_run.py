@@ -53,12 +53,10 @@ def _ddp(devices: int) -> list[str]:
             "ddp" if devices > 1 else "auto"]
 
 
-def vip5_args(data_dir: Path, out: Path) -> list[str]:
-    """The tiny VIP5 setting shared by the DDP run and the one-process runs it is compared with."""
-    from vip5.cli import DEFAULT_CONFIG
-
+def _run_args(config: Path, data_dir: Path, out: Path) -> list[str]:
+    """Run directory, quiet trainer and prepared data, shared by both models' settings."""
     return [
-        "--config", str(DEFAULT_CONFIG),
+        "--config", str(config),
         "--trainer.default_root_dir", str(out),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
@@ -67,6 +65,34 @@ def vip5_args(data_dir: Path, out: Path) -> list[str]:
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.generate_demo", "false",
         "--data.init_args.n_negatives", "19",
+    ]
+
+
+def run_one_process(main, args: list[str], ckpt: Path):
+    """Validate, test and predict in one process (``main``: a model's CLI entry) from ``ckpt``, the DDP run's
+    weights: the reference the DDP results are compared with. Returns the CLI and the validation metrics."""
+    cli = main([*args, "--trainer.devices", "1"], run_cli=False)
+    val = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(ckpt), verbose=False)[0]
+    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(ckpt), verbose=False)
+    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(ckpt))
+    return cli, val
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_lines(path: Path) -> list:
+    """The records of a JSON-lines file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def vip5_args(data_dir: Path, out: Path) -> list[str]:
+    """The tiny VIP5 setting shared by the DDP run and the one-process runs it is compared with."""
+    from vip5.cli import DEFAULT_CONFIG
+
+    return [
+        *_run_args(DEFAULT_CONFIG, data_dir, out),
         "--data.init_args.batch_size", "8",
         "--data.init_args.eval_batch_size", "4",
         "--model.net.backbone_config", json.dumps({"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4,
@@ -89,15 +115,7 @@ def pmg_args(data_dir: Path, out: Path) -> list[str]:
     from pmg.cli import DEFAULT_CONFIG
 
     return [
-        "--config", str(DEFAULT_CONFIG),
-        "--trainer.default_root_dir", str(out),
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.num_sanity_val_steps", "0",
-        "--data.init_args.data_dir", str(data_dir),
-        "--data.init_args.generate_demo", "false",
-        "--data.init_args.n_negatives", "19",
+        *_run_args(DEFAULT_CONFIG, data_dir, out),
         "--data.init_args.batch_size", "4",
         "--model.data.train_windows", "last",
         "--model.image_size", "16",

@@ -4,11 +4,9 @@ cache written once. The data has 21 users, so every split shards unevenly across
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from ddp_run import StartRecorder, pmg_args, run_ddp
+from ddp_run import StartRecorder, pmg_args, read_json, read_lines, run_ddp, run_one_process
 
 from pmg.cache import JsonlStore
 from pmg.cli import main
@@ -27,26 +25,15 @@ def one(ddp, tmp_path_factory):
     """The same commands in one process, on the DDP run's weights."""
     data, out = ddp
     root = tmp_path_factory.mktemp("pmg_one")
-    cli = main([*pmg_args(data, root), "--trainer.devices", "1"], run_cli=False)
-    val = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)[0]
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)
-    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    cli, val = run_one_process(main, pmg_args(data, root), out / "fit.ckpt")
     return cli, val, root
-
-
-def _json(path):
-    return json.loads(path.read_text())
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
     _, out = ddp
     w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
     assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
-    fits = [_json(out / f"fit.rank{r}.json") for r in (0, 1)]
+    fits = [read_json(out / f"fit.rank{r}.json") for r in (0, 1)]
     assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
     loss = fits[0]["metrics"]["val/loss"]
     assert fits[1]["metrics"]["val/loss"] == loss
@@ -58,13 +45,13 @@ def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
 def test_validation_loss_is_global(ddp, one):
     _, out = ddp
     _, val, _ = one
-    assert _json(out / "fit.rank0.json")["metrics"]["val/loss"] == pytest.approx(val["val/loss"], rel=1e-5)
+    assert read_json(out / "fit.rank0.json")["metrics"]["val/loss"] == pytest.approx(val["val/loss"], rel=1e-5)
 
 
 def test_test_table_equals_one_process(ddp, one):
     _, out = ddp
     cli, _, _ = one
-    ddp_table = _json(out / "pmg_test_results.json")["results"]
+    ddp_table = read_json(out / "pmg_test_results.json")["results"]
     one_table = cli.model.test_results["results"]
     n = len(cli.datamodule.sample_builder.samples["test"])
     assert n % 2 == 1 and ddp_table["n_ssim_target"] == ddp_table["n_lpips_history"] == n  # each sample once
@@ -75,11 +62,11 @@ def test_test_table_equals_one_process(ddp, one):
 def test_predictions_hold_every_sample_once(ddp, one):
     _, out = ddp
     cli, _, root = one
-    rows = _lines(out / "predictions" / "predictions.jsonl")
+    rows = read_lines(out / "predictions" / "predictions.jsonl")
     expected = [s["user"] for s in cli.datamodule.sample_builder.samples["test"][:5]]
     assert [r["user"] for r in rows] == expected  # predict_limit 5: ranks hold 3 and 2 samples
     assert len(list((out / "predictions" / "images").glob("*.png"))) == 5
-    for mine, theirs in zip(rows, _lines(root / "predictions" / "predictions.jsonl")):
+    for mine, theirs in zip(rows, read_lines(root / "predictions" / "predictions.jsonl")):
         assert mine["chosen"] == theirs["chosen"] and mine["preference_keywords"] == theirs["preference_keywords"]
         for key, values in mine["scores"].items():  # d_p, d_t and z of every candidate
             assert values == pytest.approx(theirs["scores"][key], rel=1e-4, abs=1e-6), key
@@ -88,7 +75,7 @@ def test_predictions_hold_every_sample_once(ddp, one):
 def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
     data, out = ddp
     for r in (0, 1):
-        assert _json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+        assert read_json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
     cli = main([*pmg_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"], run_cli=False)
     recorder = StartRecorder()

@@ -4,11 +4,9 @@ test prompt splits unevenly across the ranks and Lightning's sampler pads one ra
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from ddp_run import StartRecorder, run_ddp, vip5_args
+from ddp_run import StartRecorder, read_json, read_lines, run_ddp, run_one_process, vip5_args
 
 from common.data.features import ImageFeatures
 from vip5.cli import main
@@ -27,22 +25,15 @@ def one(ddp, tmp_path_factory):
     """The same commands in one process, on the DDP run's weights."""
     data, out = ddp
     root = tmp_path_factory.mktemp("vip5_one")
-    cli = main([*vip5_args(data, root), "--trainer.devices", "1"], run_cli=False)
-    val = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)[0]
-    cli.trainer.test(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"), verbose=False)
-    cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    cli, val = run_one_process(main, vip5_args(data, root), out / "fit.ckpt")
     return cli, val, root
-
-
-def _json(path):
-    return json.loads(path.read_text())
 
 
 def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
     _, out = ddp
     w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
     assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
-    fits = [_json(out / f"fit.rank{r}.json") for r in (0, 1)]
+    fits = [read_json(out / f"fit.rank{r}.json") for r in (0, 1)]
     assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
     # every rank logged the same (global) validation metrics, so both agree on the checkpoint's name
     for key in ("val/loss", "val/hr@10"):
@@ -56,7 +47,7 @@ def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
 def test_validation_metrics_are_global(ddp, one):
     _, out = ddp
     _, val, _ = one
-    fit = _json(out / "fit.rank0.json")["metrics"]
+    fit = read_json(out / "fit.rank0.json")["metrics"]
     assert fit["val/loss"] == pytest.approx(val["val/loss"], rel=1e-5)
     assert fit["val/hr@10"] == pytest.approx(val["val/hr@10"], abs=1e-6)
 
@@ -64,7 +55,7 @@ def test_validation_metrics_are_global(ddp, one):
 def test_test_table_equals_one_process(ddp, one):
     _, out = ddp
     cli, _, _ = one
-    ddp_table = _json(out / "checkpoints" / "test_results.json")["results"]
+    ddp_table = read_json(out / "checkpoints" / "test_results.json")["results"]
     one_table = cli.model.test_results
     assert set(ddp_table) == set(one_table) == {"A-3", "A-9", "B-5", "B-8", "C-3", "C-12"}
     n_users, n_reviews = len(cli.datamodule.data.split.test), len(cli.datamodule.data.reviews["test"])
@@ -73,7 +64,7 @@ def test_test_table_equals_one_process(ddp, one):
         assert row["n"] == (n_reviews if prompt.startswith("C") else n_users), prompt  # each sample once
         assert row == pytest.approx(one_table[prompt], abs=1e-6), prompt
     # the explanations behind BLEU/ROUGE: the same texts, each review once, and real text (not all empty)
-    texts = [json.loads(line) for line in (out / "checkpoints" / "test_explanations.jsonl").read_text().splitlines()]
+    texts = read_lines(out / "checkpoints" / "test_explanations.jsonl")
     one_texts = cli.model.evaluator.explanations
     assert [(t["generated"], t["reference"]) for t in texts] == one_texts["C-12"] + one_texts["C-3"]
     assert len(texts) == 2 * n_reviews and any(t["generated"] for t in texts)
@@ -82,16 +73,16 @@ def test_test_table_equals_one_process(ddp, one):
 def test_predictions_hold_every_user_once(ddp, one):
     _, out = ddp
     cli, _, root = one
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    rows = read_lines(out / "predictions.jsonl")
     assert [r["user"] for r in rows] == list(cli.datamodule.data.split.test)
-    assert rows == [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert rows == read_lines(root / "predictions.jsonl")
     assert not list(out.glob("predictions.rank*"))
 
 
 def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
     data, out = ddp
     for r in (0, 1):  # `fit --ckpt_path last` under DDP continued from the saved step
-        assert _json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+        assert read_json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
     saved = torch.load(out / "fit.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 3
     cli = main([*vip5_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
