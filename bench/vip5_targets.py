@@ -32,12 +32,11 @@ HISTORY = 10
 CONTINUED = 8
 
 
-def _pad(rows: list[list[int]], value: int = 0, left: bool = False) -> torch.Tensor:
+def _right_pad(rows: list[list[int]], value: int = 0) -> torch.Tensor:
+    """Rows right-padded with ``value`` (T5 inputs and labels; SASRec's left padding is ``vip5.sasrec.left_pad``)."""
     out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
     for r, row in enumerate(rows):
-        if row:
-            cols = slice(out.size(1) - len(row), None) if left else slice(0, len(row))
-            out[r, cols] = torch.tensor(row)
+        out[r, :len(row)] = torch.tensor(row, dtype=torch.long)
     return out
 
 
@@ -64,7 +63,8 @@ def main() -> None:
 
     from common.data.readers import read_corpus
     from common.data.splits import leave_one_out, sample_users
-    from vip5.sasrec import SASRec, SASRecConfig
+    from common.metrics.ranking import hit_at_k, ndcg_at_k
+    from vip5.sasrec import SASRec, SASRecConfig, left_pad
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -84,18 +84,18 @@ def main() -> None:
         schedule, clip = (lambda step: 1.0), None  # the baseline's optimiser (vip5.sasrec.fit_sasrec)
 
         def scores(hists: list[list[int]]) -> torch.Tensor:  # hists oldest first
-            x = _pad([[i + 1 for i in h[-config.max_len:]] for h in hists], left=True)
+            x = left_pad([[i + 1 for i in h] for h in hists], config.max_len)
             return sasrec.item_logits(sasrec(x)[:, -1])
 
         def loss_of(rng: random.Random) -> tuple[torch.Tensor, int]:
             if args.model == "sasrec-one":
                 batch = [pairs[rng.randrange(len(pairs))] for _ in range(64)]
-                x = _pad([[i + 1 for i in train[u][max(0, t - HISTORY):t]] for u, t in batch], left=True)
+                x = left_pad([[i + 1 for i in train[u][:t]] for u, t in batch], config.max_len)
                 y = torch.tensor([train[u][t] for u, t in batch])
                 return F.cross_entropy(sasrec.item_logits(sasrec(x)[:, -1]), y), len(y)
             seqs = [train[rng.randrange(len(train))][-51:] for _ in range(64)]
-            x = _pad([[i + 1 for i in s[:-1]] for s in seqs], left=True)
-            y = _pad([[i + 1 for i in s[1:]] for s in seqs], left=True)
+            x = left_pad([[i + 1 for i in s[:-1]] for s in seqs], config.max_len)
+            y = left_pad([[i + 1 for i in s[1:]] for s in seqs], config.max_len)
             valid = y > 0
             return F.cross_entropy(sasrec.item_logits(sasrec(x)[valid]), y[valid] - 1), int(valid.sum())
 
@@ -123,7 +123,7 @@ def main() -> None:
             return t5.lm_head(hidden * t5.model_dim**-0.5)[:, 2:]  # tied embeddings: T5's output scaling
 
         def encoder_input(hists: list[list[int]]) -> torch.Tensor:  # newest first
-            return _pad([[i + 2 for i in reversed(h[-HISTORY:])] for h in hists])
+            return _right_pad([[i + 2 for i in reversed(h[-HISTORY:])] for h in hists])
 
         def scores(hists: list[list[int]]) -> torch.Tensor:
             x = encoder_input(hists)
@@ -141,9 +141,9 @@ def main() -> None:
                 later = train[u][t:t + CONTINUED]
                 dec.append([0, train[u][t - 1] + 2] + [i + 2 for i in later[:-1]])
                 lab.append([-100] + later)
-            labels = _pad(lab, value=-100)
+            labels = _right_pad(lab, value=-100)
             valid = labels != -100
-            return F.cross_entropy(item_logits(x, _pad(dec), labels), labels[valid]), int(valid.sum())
+            return F.cross_entropy(item_logits(x, _right_pad(dec), labels), labels[valid]), int(valid.sum())
 
         model = t5
 
@@ -158,8 +158,7 @@ def main() -> None:
             ranks.append(_ranks(scores(hists), targets, hists))
         model.train()
         r = torch.cat(ranks)
-        hit = r < 10
-        return float(hit.float().mean()), float((hit.float() / torch.log2(r.float() + 2)).mean())
+        return float(hit_at_k(r, 10).mean()), float(ndcg_at_k(r, 10).mean())
 
     rng = random.Random(0)
     targets_seen, start = 0, time.perf_counter()
