@@ -97,6 +97,10 @@ def load_sd_components(name_or_path: str | os.PathLike, dtype: torch.dtype | Non
     config; training uses DDPM noising with the same betas). Offline, a missing model raises FileNotFoundError
     saying what to download.
     """
+    from common.demo_models import resolve
+
+    if resolve(name_or_path).is_dir():  # a relative folder is also looked up under the repository (demo weights)
+        name_or_path = str(resolve(name_or_path))
     try:
         vae = AutoencoderKL.from_pretrained(name_or_path, subfolder="vae", torch_dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder="unet", torch_dtype=dtype)

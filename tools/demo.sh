@@ -21,7 +21,7 @@ echo "== 4/6 vip5 test (per-prompt table) and model-free baselines on the same s
 $BIN/vip5 test --trainer.default_root_dir "$OUT/vip5" --ckpt_path "$OUT/vip5/checkpoints/last.ckpt"
 $BIN/python -m vip5.baselines --data_dir data/demo/amazon --out "$OUT/vip5/baselines.json"
 
-echo "== 5/6 pmg fit (embedded default: small Llama, small SD components, TF-IDF keywords)"
+echo "== 5/6 pmg fit (embedded default: small Llama, TF-IDF keywords, the demo text-to-image model)"
 $BIN/pmg fit --trainer.default_root_dir "$OUT/pmg" --trainer.max_epochs "${PMG_EPOCHS:-2}"
 
 echo "== 6/6 pmg predict on a few demo users"
