@@ -3,8 +3,9 @@
     .venv/bin/python bench/vip5_targets.py DATA_DIR --model sasrec-one|sasrec-all|t5|t5-prefix [--steps 1500]
 
 Every variant trains with batch 64 at lr 1e-3 (SASRec: the baseline's constant Adam; T5: the VIP5 recipe's
-warm-up, linear decay and gradient clipping) and reports HR@10 / NDCG@10 every 500 steps on a fixed sample
-of test users (full catalogue, history excluded), with the number of next-item targets seen so far:
+warm-up, linear decay and gradient clipping) and reports HR@10 / NDCG@10 on a fixed sample of test users (full
+catalogue, history excluded) every ``--eval_every`` steps (500), with the number of next-item
+targets seen so far:
 
 - ``sasrec-all``: SASRec as the baseline trains it, every position of a user's sequence a target (~7 a sequence).
 - ``sasrec-one``: the same network, one target a sample: a random (user, position) pair, the 10 items before it.
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--source", default="amazon")
     ap.add_argument("--model", required=True, choices=["sasrec-one", "sasrec-all", "t5", "t5-prefix"])
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval_every", type=int, default=500, help="steps between test evaluations")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=2022)
     ap.add_argument("--threads", type=int, default=2)
@@ -173,7 +175,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         targets_seen += n
-        if (step + 1) % 500 == 0 or step + 1 == args.steps:
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             hr, ndcg = evaluate()
             print(json.dumps({"model": args.model, "step": step + 1, "targets": targets_seen,
                               "loss": round(loss.item(), 3), "hr10": round(hr, 4), "ndcg10": round(ndcg, 4),

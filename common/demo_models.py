@@ -21,6 +21,8 @@ Trained folders are committed under ``common/demo_weights/``, made on CPU (one t
 
 Each prints its held-out accuracy (image -> caption retrieval for CLIP, per attribute for the probe), which is
 also written to the folder's ``config.json``.
+
+The demo's text-to-image model (``common/demo_weights/diffusion``) is made by :mod:`pmg.demo_diffusion`.
 """
 
 from __future__ import annotations

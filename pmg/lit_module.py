@@ -61,7 +61,9 @@ class PMGLitModule(L.LightningModule):
         llm: causal LM name/folder for the soft preference model (``meta-llama/Llama-2-7b-chat-hf``); None
             builds a small from-config Llama (offline default).
         llm_config: keyword arguments of the small Llama (``pmg.soft_prompt.tiny_llama``) when ``llm`` is None.
-        stable_diffusion: Stable Diffusion folder/name (SD-1.5); None builds small from-config components.
+        stable_diffusion: Stable Diffusion folder/name (SD-1.5, or the demo's ``common/demo_weights/diffusion``;
+            a relative folder missing here is looked up under the repository); None builds small random
+            from-config components.
         image_size: image size of the from-config components (SD-1.5 uses 512 from its own config).
         n_soft_tokens: L, trainable soft tokens (paper 4).
         prefix_length: S, P-Tuning v2 prefix length per layer (paper 4); 0 = without P-Tuning v2.

@@ -133,3 +133,7 @@ def test_embedded_default_builds_its_models_and_optimizer(program, demo_data):
         assert module.model.t5.config.d_model == 128 and module.model.config.training_mode == "full"
     else:
         assert module.model.n_soft == 4 and module.model.sd.image_size == 32
+        # the demo's trained text-to-image folder, read by the loader SD-1.5 goes through
+        sd = module.model.sd
+        assert sd.text_dim == 64 and tuple(sd.unet.config.block_out_channels) == (64, 128)
+        assert module.model.soft.mapper.out_features == 64  # soft tokens land in its text-encoder space
