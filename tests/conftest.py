@@ -30,6 +30,17 @@ def demo_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small models gain
+    nothing from a second thread, and on a busy 2-core machine it made a training step ~10x slower (0.15 s vs
+    0.9-3.8 s measured); it also makes the small demo models' results bit-exact. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own empty working directory: the embedded defaults' relative folders

@@ -11,13 +11,7 @@ from common import demo_models as D
 from common.clip import create_clip
 from common.weights import ModelNotAvailableError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_probe_trains_well_above_chance_and_round_trips(tmp_path):

@@ -14,17 +14,11 @@ from pmg.conditioning import encode_text
 from pmg.diffusion import load_sd_components
 from pmg.generator import WeightedGenerator
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_committed_model_loads_from_a_relative_folder_and_draws_the_asked_attributes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the config's relative path is found under the repository from anywhere
+def test_committed_model_loads_from_a_relative_folder_and_draws_the_asked_attributes():
+    # each test runs in an empty working directory: the config's relative path is found under the repository
     sd = load_sd_components(str(D.DEMO_DIFFUSION_DIR))
     assert sd.image_size == 32 and sd.text_dim == 64 and sd.text_length == 77
     assert not any(p.requires_grad for m in (sd.vae, sd.unet, sd.text_encoder) for p in m.parameters())

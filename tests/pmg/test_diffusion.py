@@ -18,15 +18,7 @@ from pmg.diffusion import (
     tiny_sd_components,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ops on 8x8 latents are too small to gain from a second thread; on a busy 2-core machine the second one made
-    a training step ~10x slower (0.15 s vs 0.9-3.8 s measured). The suite's setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
