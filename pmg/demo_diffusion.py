@@ -67,13 +67,13 @@ from common.demo_models import BACKGROUNDS, RENDER_SIZE, combos, resolve
 DEMO_DIFFUSION_DIR = Path("common/demo_weights/diffusion")
 TRAINING_FILE = "training.json"
 TARGET_TOKENS, PREFERENCE_TOKENS = 40, 37  # the two keyword blocks of PMG's weighted generation
-#: Words of the demo titles and scenario prompts that the tokenizer knows; any other word is the unknown token.
+#: Words of the demo titles that the renders do not show (brands, tiers, categories, genres): captions mix them in,
+#: and they are part of the tokenizer's vocabulary with the attribute words. Any other word is the unknown token.
 DISTRACTORS = (
     [w for b in BRANDS for w in b.lower().split()] + list(TIERS) + ["print", "item", "photo", "product"]
     + [w for c in (*AMAZON_CATEGORIES, *POG_CATEGORIES) for w in c.split()]
     + [g.lower() for g in (*ML_GENRES, *ML_EXTRA_GENRES)]
 )
-PATTERN_NOUN = {"plain": "plain", "stripes": "stripes", "dots": "dots"}
 
 
 @dataclass
@@ -155,7 +155,7 @@ def attribute_words(rng: np.random.Generator, c: int, s: int, p: int, drop: floa
     if rng.random() >= drop:
         words.append(colour)
     if rng.random() >= drop:
-        words.append(PATTERN_ADJ[pattern] if rng.random() < 0.75 else PATTERN_NOUN[pattern])
+        words.append(PATTERN_ADJ[pattern] if rng.random() < 0.75 else pattern)  # "striped" or "stripes"
     if rng.random() >= drop:
         words.append(shape if rng.random() < 0.75 else SHAPE_ADJ[shape])
     return words
