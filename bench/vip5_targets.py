@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, choices=["sasrec-one", "sasrec-all", "t5", "t5-prefix"])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval_every", type=int, default=500, help="steps between test evaluations")
+    ap.add_argument("--constant_lr", action="store_true", help="T5: keep lr 1e-3 after the warm-up (as SASRec)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=2022)
     ap.add_argument("--threads", type=int, default=2)
@@ -111,8 +112,9 @@ def main() -> None:
         params = list(t5.parameters())
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
-        def schedule(step: int) -> float:  # the VIP5 recipe's: 200 warm-up steps, linear decay to 0
-            return min(1.0, (step + 1) / 200) * max(0.0, 1 - step / args.steps)
+        def schedule(step: int) -> float:  # the VIP5 recipe's: 200 warm-up steps, linear decay to 0 (or constant)
+            decay = 1.0 if args.constant_lr else max(0.0, 1 - step / args.steps)
+            return min(1.0, (step + 1) / 200) * decay
 
         clip = 1.0
         prefix = args.model == "t5-prefix"
