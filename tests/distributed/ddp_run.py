@@ -130,16 +130,68 @@ def _dump(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True))
 
 
-def run(model: str, data_dir: Path, out: Path, devices: int) -> None:
+def cli_main(model: str):
+    """The CLI entry (``main``) of ``vip5`` or ``pmg``."""
     if model == "vip5":
         from vip5.cli import main
-
-        args, trainable = vip5_args(data_dir, out), (lambda m: m.model.trainable_state_dict())
     else:
         from pmg.cli import main
+    return main
 
-        args, trainable = pmg_args(data_dir, out), (lambda m: m.model.trainable_state_dict())
-    args += _ddp(devices)
+
+def model_args(model: str, data_dir: Path, out: Path) -> list[str]:
+    """The tiny setting of ``model`` (``vip5_args`` / ``pmg_args``)."""
+    return vip5_args(data_dir, out) if model == "vip5" else pmg_args(data_dir, out)
+
+
+#: the demo format each model's DDP tests read
+DATA_FOLDER = {"vip5": "amazon", "pmg": "pog"}
+
+
+def ddp_fixture(model: str, demo: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """The ``ddp`` fixture of a model's tests: one DDP run (fit, test, predict, resume) on data prepared by
+    nobody before it. Returns (data folder, run folder)."""
+    data = demo / DATA_FOLDER[model]
+    return data, run_ddp(model, data, tmp_path_factory.mktemp(f"{model}_ddp"))
+
+
+def one_fixture(model: str, ddp: tuple[Path, Path], tmp_path_factory):
+    """The ``one`` fixture: the same commands in one process on the DDP run's weights. Returns (CLI, validation
+    metrics, run folder)."""
+    data, out = ddp
+    root = tmp_path_factory.mktemp(f"{model}_one")
+    cli, val = run_one_process(cli_main(model), model_args(model, data, root), out / "fit.ckpt")
+    return cli, val, root
+
+
+def synchronised_fits(out: Path) -> list[dict]:
+    """Assert that both ranks hold the same trainable weights after ``fit`` and ran the same 3 steps in a world of
+    2; return each rank's ``fit.rank<r>.json``."""
+    w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
+    assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
+    fits = [read_json(out / f"fit.rank{r}.json") for r in (0, 1)]
+    assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
+    return fits
+
+
+def check_resume(model: str, ddp: tuple[Path, Path], tmp_path: Path) -> None:
+    """``fit --ckpt_path last`` under DDP continued from the saved step, and the DDP checkpoint resumes in one
+    process at the same step and epoch."""
+    data, out = ddp
+    for r in (0, 1):
+        assert read_json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+    cli = cli_main(model)([*model_args(model, data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs",
+                           "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"],
+                          run_cli=False)
+    recorder = StartRecorder()
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
+    assert recorder.start == {"global_step": 3, "epoch": 1} and cli.trainer.global_step == 5
+
+
+def run(model: str, data_dir: Path, out: Path, devices: int) -> None:
+    main = cli_main(model)
+    args = model_args(model, data_dir, out) + _ddp(devices)
     ckpt = str(out / "checkpoints" / "last.ckpt")
 
     cli = main([*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"], run_cli=False)
@@ -147,7 +199,8 @@ def run(model: str, data_dir: Path, out: Path, devices: int) -> None:
     rank = cli.trainer.global_rank
     if rank == 0:  # the one-process comparisons load these weights (the resumed fit below replaces last.ckpt)
         shutil.copy(ckpt, out / "fit.ckpt")
-    torch.save({k: v.detach().cpu() for k, v in trainable(cli.model).items()}, out / f"weights.rank{rank}.pt")
+    weights = cli.model.model.trainable_state_dict()
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"weights.rank{rank}.pt")
     _dump(out / f"fit.rank{rank}.json", {
         "global_step": cli.trainer.global_step, "world_size": cli.trainer.world_size,
         "metrics": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},

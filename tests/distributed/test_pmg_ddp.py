@@ -5,36 +5,26 @@ cache written once. The data has 21 users, so every split shards unevenly across
 from __future__ import annotations
 
 import pytest
-import torch
-from ddp_run import StartRecorder, pmg_args, read_json, read_lines, run_ddp, run_one_process
+from ddp_run import check_resume, ddp_fixture, one_fixture, read_json, read_lines, synchronised_fits
 
 from pmg.cache import JsonlStore
-from pmg.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ddp(odd_demo, tmp_path_factory):
-    """One DDP run (fit, test, predict, resume) on data prepared by nobody before it."""
-    return odd_demo / "pog", run_ddp("pmg", odd_demo / "pog", tmp_path_factory.mktemp("pmg_ddp"))
+    return ddp_fixture("pmg", odd_demo, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def one(ddp, tmp_path_factory):
-    """The same commands in one process, on the DDP run's weights."""
-    data, out = ddp
-    root = tmp_path_factory.mktemp("pmg_one")
-    cli, val = run_one_process(main, pmg_args(data, root), out / "fit.ckpt")
-    return cli, val, root
+    return one_fixture("pmg", ddp, tmp_path_factory)
 
 
 def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
     _, out = ddp
-    w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
-    assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
-    fits = [read_json(out / f"fit.rank{r}.json") for r in (0, 1)]
-    assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
+    fits = synchronised_fits(out)
     loss = fits[0]["metrics"]["val/loss"]
     assert fits[1]["metrics"]["val/loss"] == loss
     names = fits[0]["checkpoints"]  # after fit, before the resumed fit adds its own
@@ -73,15 +63,7 @@ def test_predictions_hold_every_sample_once(ddp, one):
 
 
 def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
-    data, out = ddp
-    for r in (0, 1):
-        assert read_json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
-    cli = main([*pmg_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
-                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"], run_cli=False)
-    recorder = StartRecorder()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
-    assert recorder.start == {"global_step": 3, "epoch": 1} and cli.trainer.global_step == 5
+    check_resume("pmg", ddp, tmp_path)
 
 
 def test_keyword_and_text_caches_are_written_once(ddp, one):

@@ -6,35 +6,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ddp_run import StartRecorder, read_json, read_lines, run_ddp, run_one_process, vip5_args
+from ddp_run import check_resume, ddp_fixture, one_fixture, read_json, read_lines, synchronised_fits
 
 from common.data.features import ImageFeatures
-from vip5.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ddp(odd_demo, tmp_path_factory):
-    """One DDP run (fit, test, predict, resume) on data prepared by nobody before it."""
-    return odd_demo / "amazon", run_ddp("vip5", odd_demo / "amazon", tmp_path_factory.mktemp("vip5_ddp"))
+    return ddp_fixture("vip5", odd_demo, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def one(ddp, tmp_path_factory):
-    """The same commands in one process, on the DDP run's weights."""
-    data, out = ddp
-    root = tmp_path_factory.mktemp("vip5_one")
-    cli, val = run_one_process(main, vip5_args(data, root), out / "fit.ckpt")
-    return cli, val, root
+    return one_fixture("vip5", ddp, tmp_path_factory)
 
 
 def test_gradients_are_synchronised_and_checkpoints_written_once(ddp):
     _, out = ddp
-    w0, w1 = (torch.load(out / f"weights.rank{r}.pt") for r in (0, 1))
-    assert set(w0) == set(w1) and all(torch.equal(w0[k], w1[k]) for k in w0)
-    fits = [read_json(out / f"fit.rank{r}.json") for r in (0, 1)]
-    assert fits[0]["world_size"] == 2 and fits[0]["global_step"] == fits[1]["global_step"] == 3
+    fits = synchronised_fits(out)
     # every rank logged the same (global) validation metrics, so both agree on the checkpoint's name
     for key in ("val/loss", "val/hr@10"):
         assert fits[0]["metrics"][key] == fits[1]["metrics"][key]
@@ -80,17 +71,10 @@ def test_predictions_hold_every_user_once(ddp, one):
 
 
 def test_resume_under_ddp_and_from_a_ddp_checkpoint_into_one_process(ddp, tmp_path):
-    data, out = ddp
-    for r in (0, 1):  # `fit --ckpt_path last` under DDP continued from the saved step
-        assert read_json(out / f"resume.rank{r}.json") == {"global_step": 3, "epoch": 1, "end_step": 6}
+    _, out = ddp
     saved = torch.load(out / "fit.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 3
-    cli = main([*vip5_args(data, tmp_path), "--trainer.devices", "1", "--trainer.max_epochs", "2",
-                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"], run_cli=False)
-    recorder = StartRecorder()
-    cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(out / "fit.ckpt"))
-    assert recorder.start == {"global_step": 3, "epoch": 1} and cli.trainer.global_step == 5
+    check_resume("vip5", ddp, tmp_path)
 
 
 def test_features_and_caches_are_prepared_once(ddp):
