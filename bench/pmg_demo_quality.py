@@ -67,12 +67,9 @@ def _summary(rows: list[dict], differs: list[bool]) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(cli, truth_path: Path, alphas: list[float], max_users: int | None):
     """Generate every variant for the test samples; per variant (and per alpha for pmg) the probe's readings."""
-    from functools import partial
-
     from common.demo_models import DemoTruth, load_probe, probe_accuracy
     from common.metrics.image import ImageSimilarity
-    from pmg.data import local_image
-    from pmg.diffusion import load_image_tensor
+    from pmg.data import history_images
     from pmg.selection import select_best
 
     module, dm = cli.model, cli.datamodule
@@ -98,8 +95,7 @@ def evaluate(cli, truth_path: Path, alphas: list[float], max_users: int | None):
             seed = model.generation.seed + j + 1000 * done
             item, user = truth.item(s["target"]), truth.user(s["user"])
             differs.append(item["colour"] != user["colour"])
-            history = [(load_image_tensor(p, size) + 1) / 2
-                       for p in map(partial(local_image, corpus), s["history"]) if p]
+            history = torch.stack(history_images(corpus, s["history"], size))
             chosen = {"target_only": gen.generate(target, [], None, [(1.0, 1.0)], seed=seed)[0]}
             for name, p_kw, sft in (("keywords", pref, None), ("soft", [], soft[j]), ("pmg", pref, soft[j])):
                 images = gen.generate(target, p_kw, sft, grid, seed=seed)
@@ -111,7 +107,7 @@ def evaluate(cli, truth_path: Path, alphas: list[float], max_users: int | None):
                         chosen[f"pmg@{a:g}"] = images[b]
             for name, image in chosen.items():
                 acc = probe_accuracy(probe, image.unsqueeze(0), [item], [user])
-                lp = similarity.update(image.unsqueeze(0), None, [torch.stack(history)])["lpips_history"]
+                lp = similarity.update(image.unsqueeze(0), None, [history])["lpips_history"]
                 rows[name].append({"pref_acc": acc["pref_acc"][0], "target_acc": acc["target_acc"][0],
                                    "lpips_history": float(lp[0])})
             if len(examples) < 8:

@@ -79,24 +79,35 @@ def caption(colour: str, shape: str, pattern: str) -> str:
     return f"a {colour} {PATTERN_ADJ[pattern]} {shape}"
 
 
-def render_set(per_combo: int, seed: int, size: int = RENDER_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_combo`` renders of every attribute combination: images ``[N, 3, size, size]`` in [0, 1] and
-    attribute indices ``[N, 3]`` (colour, shape, pattern); backgrounds cycle through the demo formats'."""
-    rng = np.random.default_rng(seed)
+def render_pixels(per_combo: int, seed: int, size: int = RENDER_SIZE,
+                  fit_to: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """``per_combo`` renders of every attribute combination as uint8 pixels ``[N, H, W, 3]`` and attribute indices
+    ``[N, 3]`` (colour, shape, pattern); backgrounds cycle through the demo formats'. ``fit_to`` centre-crops and
+    resizes each PNG (bicubic) to that side, as PMG reads item images; None keeps the rendered ``size``."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    rng = np.random.default_rng(seed)
     images, labels = [], []
     names = (list(COLOURS), list(SHAPES), list(PATTERNS))
     for k in range(per_combo):
         for j, (c, s, p) in enumerate(combos()):
             bg = BACKGROUNDS[(j + k) % len(BACKGROUNDS)]
             png = _render(rng, names[0][c], names[1][s], names[2][p], size, bg)
-            images.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+            with Image.open(io.BytesIO(png)) as img:
+                img = img.convert("RGB")
+                if fit_to is not None:
+                    img = ImageOps.fit(img, (fit_to, fit_to), method=Image.Resampling.BICUBIC)
+                images.append(np.asarray(img))
             labels.append((c, s, p))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return x, torch.tensor(labels)
+    return np.stack(images), torch.tensor(labels)
+
+
+def render_set(per_combo: int, seed: int, size: int = RENDER_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render_pixels` as images ``[N, 3, size, size]`` in [0, 1] and attribute indices ``[N, 3]``."""
+    pixels, labels = render_pixels(per_combo, seed, size)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0, labels
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -57,6 +57,12 @@ def local_image(corpus: Corpus, item_id: str) -> str | None:
     return path if path and "://" not in path and Path(path).is_file() else None
 
 
+def history_images(corpus: Corpus, item_ids: list[str], size: int) -> list[torch.Tensor]:
+    """The local images of ``item_ids`` as ``[3, size, size]`` tensors in [0, 1] (items without one are skipped):
+    what generated images are compared with."""
+    return [(load_image_tensor(path, size) + 1) / 2 for path in (local_image(corpus, i) for i in item_ids) if path]
+
+
 class _List(Dataset):
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self.items = items

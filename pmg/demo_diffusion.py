@@ -33,7 +33,6 @@ Training saves a resumable state every ``--save_every`` steps next to the output
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import shutil
@@ -46,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
 from common.data.demo import (
     AMAZON_CATEGORIES,
@@ -60,9 +58,8 @@ from common.data.demo import (
     SHAPE_ADJ,
     SHAPES,
     TIERS,
-    _render,
 )
-from common.demo_models import BACKGROUNDS, RENDER_SIZE, combos, resolve
+from common.demo_models import RENDER_SIZE, combos, render_pixels, resolve
 
 DEMO_DIFFUSION_DIR = Path("common/demo_weights/diffusion")
 TRAINING_FILE = "training.json"
@@ -103,19 +100,8 @@ class TrainConfig:
 def render_images(per_combo: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_combo`` renders of every combination, read as PMG reads item images (PNG at the demo's size, centre
     crop and bicubic resize to ``size``): ``[N, 3, size, size]`` in [-1, 1] and labels ``[N, 3]``."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    names = (list(COLOURS), list(SHAPES), list(PATTERNS))
-    for k in range(per_combo):
-        for j, (c, s, p) in enumerate(combos()):
-            png = _render(rng, names[0][c], names[1][s], names[2][p], RENDER_SIZE,
-                          BACKGROUNDS[(j + k) % len(BACKGROUNDS)])
-            with Image.open(io.BytesIO(png)) as img:
-                img = ImageOps.fit(img.convert("RGB"), (size, size), method=Image.Resampling.BICUBIC)
-            images.append(np.asarray(img, dtype=np.float32))
-            labels.append((c, s, p))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return x, torch.tensor(labels)
+    pixels, labels = render_pixels(per_combo, seed, RENDER_SIZE, fit_to=size)
+    return torch.from_numpy(pixels.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0, labels
 
 
 def vocabulary_texts() -> list[str]:

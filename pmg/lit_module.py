@@ -264,9 +264,7 @@ class PMGLitModule(L.LightningModule):
                                                                data_dir.name))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        from functools import partial
-
-        from pmg.data import local_image
+        from pmg.data import history_images
         from pmg.diffusion import load_image_tensor
 
         corpus = self.sample_builder.data.corpus
@@ -275,8 +273,7 @@ class PMGLitModule(L.LightningModule):
             s = r["sample"]
             chosen = r["images"][r["best"]]
             target = (load_image_tensor(corpus.image_path(s["target"]), size) + 1) / 2
-            history = [(load_image_tensor(path, size) + 1) / 2 for path in map(partial(local_image, corpus),
-                                                                                 s["history"]) if path]
+            history = history_images(corpus, s["history"], size)
             values = self.similarity.update(chosen.unsqueeze(0), target.unsqueeze(0), [torch.stack(history)])
             self._test_values[s["index"]] = {k: float(v[0]) for k, v in values.items()}
             if self._demo_eval is not None:

@@ -75,5 +75,5 @@ def test_training_writes_a_loadable_folder_and_resumes_where_it_stopped(tmp_path
         a, b = getattr(full, part).state_dict(), getattr(resumed, part).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), part
     with pytest.raises(ValueError, match="other settings"):
-        D.torch.save({"config": {}}, D._state_path(tmp_path / "other"))
+        torch.save({"config": {}}, D._state_path(tmp_path / "other"))
         D.train(tmp_path / "other", config, **kwargs)
