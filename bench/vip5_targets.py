@@ -53,10 +53,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--source", default="amazon")
-    ap.add_argument("--model", required=True, choices=["sasrec-one", "sasrec-all", "t5", "t5-prefix"])
+    ap.add_argument("--model", required=True, choices=["sasrec-one", "sasrec-all", "t5", "t5-prefix", "t5-causal"])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval_every", type=int, default=500, help="steps between test evaluations")
     ap.add_argument("--constant_lr", action="store_true", help="T5: keep lr 1e-3 after the warm-up (as SASRec)")
+    ap.add_argument("--emb_std", type=float, default=None, help="T5: initial std of the item embeddings (T5: 1)")
+    ap.add_argument("--dropout", type=float, default=0.1, help="T5: dropout rate")
+    ap.add_argument("--emb_lr", type=float, default=1.0, help="T5: learning-rate multiplier of the embeddings")
+    ap.add_argument("--sasrec_optimizer", action="store_true",
+                    help="T5: SASRec's optimiser (Adam, betas 0.9/0.98, constant lr, no clipping)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=2022)
     ap.add_argument("--threads", type=int, default=2)
@@ -107,16 +112,25 @@ def main() -> None:
         # vocabulary: 0 pad / decoder start, 1 eos, items from 2
         t5 = T5ForConditionalGeneration(T5Config(
             vocab_size=n_items + 2, d_model=64, d_ff=256, d_kv=32, num_heads=2, num_layers=2, num_decoder_layers=2,
-            dropout_rate=0.1, feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0,
+            dropout_rate=args.dropout, feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0,
             pad_token_id=0, eos_token_id=1))
+        if args.emb_std is not None:
+            with torch.no_grad():
+                t5.shared.weight.normal_(0.0, args.emb_std)
         params = list(t5.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+        emb = [t5.shared.weight]
+        groups = [{"params": [p for p in params if p is not emb[0]], "mult": 1.0},
+                  {"params": emb, "mult": args.emb_lr}]
+        opt = (torch.optim.Adam(groups, lr=1e-3, betas=(0.9, 0.98)) if args.sasrec_optimizer
+               else torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0))
 
         def schedule(step: int) -> float:  # the VIP5 recipe's: 200 warm-up steps, linear decay to 0 (or constant)
+            if args.sasrec_optimizer:
+                return 1.0
             decay = 1.0 if args.constant_lr else max(0.0, 1 - step / args.steps)
             return min(1.0, (step + 1) / 200) * decay
 
-        clip = 1.0
+        clip = None if args.sasrec_optimizer else 1.0
         prefix = args.model == "t5-prefix"
 
         def item_logits(x: torch.Tensor, dec: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,11 +144,29 @@ def main() -> None:
             return _right_pad([[i + 2 for i in reversed(h[-HISTORY:])] for h in hists])
 
         def scores(hists: list[list[int]]) -> torch.Tensor:
+            if args.model == "t5-causal":
+                dec = _right_pad([[0] + [i + 2 for i in h[-50:]] for h in hists])
+                lengths = dec.ne(0).sum(1)  # the start token is 0 too: last real position = count
+                x = torch.ones(len(hists), 1, dtype=torch.long)
+                mask = x.ne(0).long()
+                enc = t5.encoder(input_ids=x, attention_mask=mask).last_hidden_state
+                hidden = t5.decoder(input_ids=dec, encoder_hidden_states=enc, encoder_attention_mask=mask,
+                                    attention_mask=(torch.arange(dec.shape[1])[None] <= lengths[:, None]).long()
+                                    ).last_hidden_state
+                hidden = hidden[torch.arange(len(hists)), lengths]
+                return t5.lm_head(hidden * t5.model_dim**-0.5)[:, 2:]
             x = encoder_input(hists)
             dec = torch.zeros(len(hists), 1, dtype=torch.long)
             return item_logits(x, torch.cat([dec, x[:, :1]], 1) if prefix else dec)
 
         def loss_of(rng: random.Random) -> tuple[torch.Tensor, int]:
+            if args.model == "t5-causal":
+                seqs = [train[rng.randrange(len(train))][-51:] for _ in range(64)]
+                dec = _right_pad([[0] + [i + 2 for i in s[:-1]] for s in seqs])
+                labels = _right_pad([[-100] + s[1:] for s in seqs], value=-100)
+                x = torch.ones(len(seqs), 1, dtype=torch.long)
+                valid = labels != -100
+                return F.cross_entropy(item_logits(x, dec, labels), labels[valid]), int(valid.sum())
             batch = [pairs[rng.randrange(len(pairs))] for _ in range(64)]
             x = encoder_input([train[u][:t] for u, t in batch])
             if not prefix:
@@ -169,7 +201,7 @@ def main() -> None:
     model.train()
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * schedule(step)
+            group["lr"] = 1e-3 * schedule(step) * group.get("mult", 1.0)
         loss, n = loss_of(rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()

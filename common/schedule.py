@@ -137,8 +137,12 @@ def configure_optimization(module, params: Any, optimizer: Any, scheduler: Any |
     """The ``configure_optimizers`` result of a module with an injected optimizer and scheduler.
 
     The scheduler, when given, steps every optimiser step; a :class:`BudgetLR` is bound to ``module.trainer``.
+    A parameter group with an ``lr_scale`` entry trains at that multiple of the optimizer's learning rate (the
+    schedule then scales it like the others).
     """
     opt = call_spec(optimizer, params)
+    for group in opt.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
     if scheduler is None:
         return opt
     sched = call_spec(scheduler, opt)

@@ -41,22 +41,27 @@ def candidate_forest(
     start_token_id: int,
     pad_token_id: int = 0,
     eos_token_id: int | None = None,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> CandidateForest:
     """Merge each row's candidate token sequences (``</s>`` included, or appended via ``eos_token_id``) into a
-    prefix tree (:class:`CandidateForest`)."""
+    prefix tree (:class:`CandidateForest`). A row's ``prefixes`` entry (decoder tokens every candidate follows,
+    e.g. history items given to the decoder) is laid out as a chain after the start token, unscored."""
     rows_tokens, rows_parent, rows_depth = [], [], []
     pairs: list[tuple[int, int, int, int]] = []
     n_tokens: list[int] = []
     flat = 0
     for r, cands in enumerate(candidates_token_ids):
-        tokens, parent, depth, children = [start_token_id], [-1], [0], [{}]
+        prefix = [int(t) for t in prefixes[r]] if prefixes is not None else []
+        tokens, parent, depth = [start_token_id, *prefix], list(range(-1, len(prefix))), list(range(len(prefix) + 1))
+        children: list[dict[int, int]] = [{} for _ in tokens]
+        root = len(prefix)
         for cand in cands:
             seq = [int(t) for t in cand]
             if eos_token_id is not None and (not seq or seq[-1] != eos_token_id):
                 seq.append(eos_token_id)
             if not seq:
                 raise ValueError(f"row {r}: empty candidate token ids")
-            node = 0
+            node = root
             for i, t in enumerate(seq):
                 pairs.append((r, node, t, flat))
                 if i == len(seq) - 1:
@@ -133,6 +138,7 @@ def score_candidates(
     max_positions: int = 2048,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[torch.Tensor]:
     """Exact teacher-forced log-likelihood of every candidate of every row, with shared prefixes decoded once.
 
@@ -149,11 +155,12 @@ def score_candidates(
         length_normalize: divide the summed log-prob by the number of target tokens.
         max_positions: decoder positions (rows x nodes) per forward (memory: that many logit rows).
         dtype: of the attention mask (the decoder's compute dtype).
+        prefixes: per row, decoder tokens that precede every candidate (after the start token), or None.
 
     Returns:
         per row, a float tensor of its candidates' scores (on the CPU).
     """
-    forest = candidate_forest(candidates_token_ids, start_token_id, pad_token_id, eos_token_id)
+    forest = candidate_forest(candidates_token_ids, start_token_id, pad_token_id, eos_token_id, prefixes)
     n_rows, width = forest.input_ids.shape
     total = torch.zeros(int(forest.n_tokens.numel()), dtype=torch.float32)
     per_pass = max(1, max_positions // width)

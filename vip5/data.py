@@ -53,6 +53,12 @@ class PromptConfig:
             item followed by up to k - 1 later items of the user's training sequence, so one prompt trains several
             positions (the decoder continues the sequence, as SASRec's loss on every position does) while the
             first item stays the prompt's answer. Evaluation then scores an id by its own tokens, without ``</s>``.
+        decoder_history: next-item prompts (sequential, item answer) give the newest ``decoder_history`` history
+            items to the decoder, oldest first, before the answer, and the prompt lists only the items before
+            them. Training then predicts each of those items from the ones before it, so one prompt trains
+            every position of the window as a next-item target (SASRec's causal loss), and evaluation primes the
+            decoder with the same items before the beam search. 0 (the original): the whole history is in the
+            prompt and the answer is the decoder's first item.
         random_separator: draw the history separator (", " or " -> ") by a coin also at test time (faithful);
             default draws it only in training.
         n_candidates: candidates in B-5..B-8 lists (target + negatives).
@@ -71,6 +77,7 @@ class PromptConfig:
     max_source_length: int = 512
     max_target_length: int = 64
     target_items: int = 1
+    decoder_history: int = 0
     random_separator: bool = False
     n_candidates: int = 100
     seed: int = 2022
@@ -414,9 +421,13 @@ class VIP5SampleBuilder(SampleBuilder):
         # training, and validation (its rng is seeded per sample, so the draw is fixed)
         return rng.choice(self.train_templates[recipe.family])
 
-    def _history_target(self, recipe: Recipe, rng: random.Random) -> tuple[list[str], str, list[str]]:
+    def _history_target(
+        self, recipe: Recipe, rng: random.Random, window: int = 0
+    ) -> tuple[list[str], str, list[str]]:
         """(history, target, later items): the later items continue a sequential training target
-        (``target_items - 1`` at most; none elsewhere)."""
+        (``target_items - 1`` at most; none elsewhere). With a decoder ``window`` (``decoder_history``),
+        ``train_targets: all`` draws targets with at least ``window`` items before them where the sequence has
+        them, so a sample's window is full and its causal targets cover the sequence."""
         split, user = self.data.split, recipe.user
         if recipe.split == "test":
             return (*split.test[user], [])
@@ -430,7 +441,7 @@ class VIP5SampleBuilder(SampleBuilder):
         if self.config.train_targets == "last3":
             lo = max(1, n - 3)
         else:
-            lo = 1
+            lo = max(1, min(window, n - 1))
         t = rng.randrange(lo, n) if n > 1 else 0
         hist = [i for i in train[:t] if i != train[t]]
         return hist, train[t], train[t + 1: t + self.config.target_items]
@@ -438,7 +449,10 @@ class VIP5SampleBuilder(SampleBuilder):
     def _make_user(self, recipe: Recipe, rng: random.Random, train: bool) -> dict[str, Any]:
         family, user = recipe.family, recipe.user
         tpl = self._pick(recipe, rng)
-        history, target, later = self._history_target(recipe, rng)
+        window = self.config.decoder_history if family == "sequential" and tpl.target_kind == "item" else 0
+        history, target, later = self._history_target(recipe, rng, window)
+        decoder_prefix = history[max(0, len(history) - window):] if window else []  # newest, oldest first
+        history = history[: len(history) - len(decoder_prefix)]  # the prompt lists the items before them
         history = history[-self.config.max_history :] if self.config.max_history else history
         shown = history[::-1] if self.config.history_order == "newest_first" else history
         fields: dict[str, Any] = {"user_id": user, "user_desc": self._user_desc(user), "history": [
@@ -469,7 +483,8 @@ class VIP5SampleBuilder(SampleBuilder):
             image_items["candidates"] = candidates
         if tpl.target_kind != "item":
             later = []  # a yes/no answer is not continued
-        fields["target"] = label if label is not None else " ".join(self._id(i) for i in [target, *later])
+        fields["target"] = label if label is not None else " ".join(
+            self._id(i) for i in [*decoder_prefix, target, *later])
         sep = ", "
         if train or self.config.random_separator:
             sep = rng.choice([", ", " -> "])
@@ -477,7 +492,8 @@ class VIP5SampleBuilder(SampleBuilder):
         images = P.image_items(tpl, image_items) if self.n_images else []
         return {
             "source": source, "target": target_text, "task": family, "template": tpl.id, "images": images,
-            "user": user, "target_item": answer_item, "candidates": candidates, "history": history,
+            "user": user, "target_item": answer_item, "candidates": candidates,
+            "history": history + decoder_prefix, "decoder_prefix": decoder_prefix,  # every item the model saw
         }
 
     def _make_explanation(self, recipe: Recipe, rng: random.Random, train: bool) -> dict[str, Any]:
@@ -505,6 +521,7 @@ class VIP5SampleBuilder(SampleBuilder):
         return {
             "source": source, "target": target_text, "task": "explanation", "template": tpl.id, "images": images,
             "user": review.user_id, "target_item": review.item_id, "candidates": None, "history": [],
+            "decoder_prefix": [],
         }
 
     # -- batches -------------------------------------------------------------------------------

@@ -89,9 +89,31 @@ class Evaluator:
     # -- item id tokens ----------------------------------------------------------------------
     @property
     def continues_items(self) -> bool:
-        """Whether sequential targets went on past the next item in training (``prompts.target_items > 1``): then
-        ``</s>`` after an id is no part of it, and ids are scored by their own tokens."""
-        return self.builder.config.target_items > 1
+        """Whether sequential targets put further items after an item in training (``prompts.target_items > 1``
+        or ``prompts.decoder_history``): then ``</s>`` after an id is no part of it, and ids are scored by their
+        own tokens."""
+        config = self.builder.config
+        return config.target_items > 1 or config.decoder_history > 0
+
+    def decoder_prefixes(self, samples: list[dict[str, Any]]) -> list[list[int]]:
+        """Per sample, the token ids of the history items it gives the decoder (``prompts.decoder_history``)."""
+        return [[t for i in s.get("decoder_prefix") or () for t in self.item_tokens[i]] for s in samples]
+
+    def _decoder_inputs(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``generate`` arguments that start every sample's decoder with its prefix: the start token and the
+        prefix, left-padded to one width (padding masked out), so generated tokens share their columns."""
+        prefixes = self.decoder_prefixes(samples)
+        if not any(prefixes):
+            return {}
+        start, pad = self.model.t5.config.decoder_start_token_id, self.builder.tokenizer.pad_token_id
+        width = 1 + max(map(len, prefixes))
+        ids = torch.full((len(samples), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for r, prefix in enumerate(prefixes):
+            ids[r, width - 1 - len(prefix):] = torch.tensor([start, *prefix], dtype=torch.long)
+            mask[r, width - 1 - len(prefix):] = 1
+        device = next(self.model.parameters()).device
+        return {"decoder_input_ids": ids.to(device), "decoder_attention_mask": mask.to(device)}
 
     @property
     def item_tokens(self) -> dict[str, list[int]]:
@@ -123,20 +145,23 @@ class Evaluator:
         self, batch: dict[str, Any], k: int, trie: ItemTrie | None, exclude: list[set[str]] | None = None
     ) -> list[list[str | None]]:
         beams = max(k, 1)
-        processors = [TrieLogitsProcessor(trie, num_beams=beams, exclude=exclude, renormalize=self.continues_items)
-                      ] if trie is not None else []
-        max_len = max(len(t) for t in self.item_tokens.values()) + 1 + self.continues_items  # start (+ </s>)
+        primed = self._decoder_inputs(batch["samples"])
+        given = primed["decoder_input_ids"].shape[1] if primed else 1  # the start token (+ history prefix)
+        processors = [TrieLogitsProcessor(trie, num_beams=beams, exclude=exclude, renormalize=self.continues_items,
+                                          prompt_length=given)] if trie is not None else []
+        new_tokens = max(len(t) for t in self.item_tokens.values()) + self.continues_items  # (+ </s>)
         out = self.model.generate(
             **model_inputs(batch),
+            **primed,
             num_beams=beams,
             num_return_sequences=beams,
-            max_length=max_len,
+            max_new_tokens=new_tokens,
             logits_processor=processors,
             early_stopping=True,
             do_sample=False,
         )
         seqs = out.sequences if hasattr(out, "sequences") else out
-        items = self._decode_items(seqs)
+        items = self._decode_items(seqs[:, given:])
         return [items[r * beams : (r + 1) * beams] for r in range(len(batch["samples"]))]
 
     def _sequential(self, batch: dict[str, Any]) -> tuple[list[int], list[list[str]], list[float]]:
@@ -144,7 +169,8 @@ class Evaluator:
         cfg = self.config
         if cfg.decoding == "free" and self.continues_items:
             raise ValueError("evaluation.decoding: free reads the whole generated text as one id, but this model was "
-                             "trained to go on with later items (prompts.target_items > 1): use decoding: trie")
+                             "trained to go on with later items (prompts.target_items > 1 or "
+                             "prompts.decoder_history): use decoding: trie")
         trie = self.trie if cfg.decoding == "trie" else None
         # history items are masked inside the constrained search, so they never take a beam slot; the
         # unconstrained (faithful) search can only filter afterwards
@@ -221,7 +247,7 @@ class Evaluator:
         return score_candidates(
             decode, t5_self_attention(t5), [[self.item_tokens[c] for c in s["candidates"]] for s in samples],
             start_token_id=t5.config.decoder_start_token_id, pad_token_id=self.builder.tokenizer.pad_token_id,
-            max_positions=max_positions, dtype=enc.dtype, device=enc.device)
+            max_positions=max_positions, dtype=enc.dtype, device=enc.device, prefixes=self.decoder_prefixes(samples))
 
     @torch.no_grad()
     def _explain(self, batch: dict[str, Any]) -> list[str]:

@@ -54,6 +54,11 @@ class VIP5LitModule(L.LightningModule):
         scheduler: learning-rate schedule, stepped every optimiser step; None keeps the rate constant. The default
             ``common.schedule.BudgetLR`` warms up over 10 % of the steps (or ``warmup_steps``), then decays
             linearly to 0 when the step count or ``trainer.max_time`` ends training.
+        embedding_lr_scale: learning-rate multiplier of the token embedding tables (words, item ids). A T5 built
+            from config starts its embeddings at std 1 and feeds them unscaled, where SASRec-style models start
+            them at std d_model^-1/2 and scale the input by d_model^1/2; Adam moves every weight by about the
+            learning rate whatever its size, so T5's rows move d_model^1/2 times slower relative to their size.
+            d_model^1/2 (8 at width 64) gives them SASRec's pace; 1 (the original) keeps one rate for all.
         decay_norms: also decay layer-norm weights (the original's name-mismatch quirk: its no-decay
             list names ``LayerNorm.weight``, while T5's norms are called ``layer_norm``, so they were decayed).
     """
@@ -69,6 +74,7 @@ class VIP5LitModule(L.LightningModule):
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = ADAMW,
         scheduler: LRSchedulerCallable | None = WARMUP_THEN_LINEAR,
+        embedding_lr_scale: float = 1.0,
         decay_norms: bool = False,
     ) -> None:
         super().__init__()
@@ -284,10 +290,16 @@ class VIP5LitModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        if not self.hparams.embedding_lr_scale > 0:
+            raise ValueError(f"model.embedding_lr_scale must be > 0, got {self.hparams.embedding_lr_scale}")
+        scaled = {id(p) for p in self.model.embedding_tables()} if self.hparams.embedding_lr_scale != 1 else set()
+        decay, no_decay, embeddings = [], [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue  # frozen weights get no optimizer state
+            if id(p) in scaled:
+                embeddings.append(p)
+                continue
             is_norm = "layer_norm" in name or "LayerNorm" in name or name.endswith("norm.weight")
             if name.endswith(".bias") or (is_norm and not self.hparams.decay_norms):
                 no_decay.append(p)
@@ -295,6 +307,8 @@ class VIP5LitModule(L.LightningModule):
                 decay.append(p)
         # the first group takes the optimizer's own weight decay
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if embeddings:
+            groups.append({"params": embeddings, "lr_scale": self.hparams.embedding_lr_scale})
         return configure_optimization(self, groups, self.optimizer, self.scheduler)
 
     def extra_repr(self) -> str:

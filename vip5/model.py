@@ -196,6 +196,13 @@ class VIP5Model(nn.Module):
         for p in item_token_parameters(self.t5):
             p.requires_grad_(True)
 
+    def embedding_tables(self) -> list[nn.Parameter]:
+        """The token embedding tables: the backbone's vocabulary, the item-id token rows, whole-word and category
+        embeddings (not the item tokens' output bias)."""
+        groups = self._group_of()
+        bias = getattr(self.t5.lm_head, "bias", None) if self.item_tokens is not None else None
+        return [p for p in self.parameters() if groups.get(id(p)) in ("embeddings", "item_tokens") and p is not bias]
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters an optimizer should see (shared tensors once)."""
         return (p for p in self.parameters() if p.requires_grad)

@@ -167,19 +167,23 @@ class TrieLogitsProcessor(LogitsProcessor):
         renormalize: turn the allowed scores into log-probabilities over the allowed tokens alone, so a forced
             step (the ``</s>`` after a complete id) adds nothing. For models trained to continue an item with
             further items, whose ``</s>`` probability says nothing about the item.
+        prompt_length: decoder columns given before generation starts (the start token, then any decoder prefix
+            such as the history items of ``prompts.decoder_history``); the trie constrains what follows them.
     """
 
     def __init__(self, trie: ItemTrie, num_beams: int = 1, exclude: Sequence[Collection[str]] | None = None,
-                 renormalize: bool = False) -> None:
+                 renormalize: bool = False, prompt_length: int = 1) -> None:
         self.trie = trie
         self.num_beams = num_beams
         self.renormalize = renormalize
+        self.prompt_length = prompt_length
         self._dead = [trie.dead_branches(ex) for ex in exclude] if exclude is not None else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, vocab = scores.shape
         device = scores.device
-        nodes_list = [self.trie.node_of(p) for p in input_ids.tolist()]
+        start = [self.trie.decoder_start_token_id]
+        nodes_list = [self.trie.node_of(start + p) for p in input_ids[:, self.prompt_length:].tolist()]
         offsets, tokens = self.trie.csr(device)
         sizes = self.trie.n_children
         if sum(sizes[n] for n in nodes_list) * 8 > rows * vocab:
