@@ -106,6 +106,8 @@ def test_from_config_real_recipe_builds_its_model():
     assert model.t5.config.d_model == 64 and model.adapter_config is None and model.item_tokens is None
     counts = model.count_parameters()
     assert counts["trainable"] == counts["total"] and counts["by_group"]["adapters"] == 0
+    # causal targets over the newest 20 items, token embeddings at sqrt(d_model) times the learning rate
+    assert cli.model.prompt_config.decoder_history == 20 and cli.model.hparams.embedding_lr_scale == 8
 
 
 @pytest.mark.parametrize("program", ["vip5", "pmg"])

@@ -165,6 +165,7 @@ class VIP5SampleBuilder(SampleBuilder):
         self.predict_users: list[str] | None = None
         self.test_users: int | None = None  # a sample of test users (EvalConfig.test_users)
         self._warned_truncation = False
+        self._warned_target_truncation = False
 
     # -- connection ----------------------------------------------------------------------------
     @property
@@ -540,6 +541,12 @@ class VIP5SampleBuilder(SampleBuilder):
         wwids = batch_whole_word_ids(tok, input_ids, IMAGE_TOKEN, id_tokens=self.id_tokens)
         lab = tok([s["target"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_target_length, return_tensors="pt")["input_ids"]
+        if not self._warned_target_truncation and lab.size(1) >= c.max_target_length:
+            full = max(len(x) for x in tok([s["target"] for s in samples])["input_ids"])
+            if full > c.max_target_length:
+                self._warned_target_truncation = True
+                log.warning("targets of %d tokens are cut at max_target_length=%d (e.g. %s): raise it or lower "
+                            "decoder_history / target_items", full, c.max_target_length, samples[0]["template"])
         labels = lab.masked_fill(lab == tok.pad_token_id, -100).contiguous()
         n = self.n_images
         if n and self.features is not None:

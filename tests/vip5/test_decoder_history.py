@@ -133,3 +133,23 @@ def test_search_over_several_token_ids_after_the_window(primed_numbers):
         assert len(ranked) == 5 and all(item in evaluator.trie for item in ranked)
         # the left-padded batch searches exactly as each user alone
         assert ranked == evaluator._beam_items(builder.collate([s]), 5, evaluator.trie)[0]
+
+
+def test_cut_targets_are_reported_once(primed, caplog):
+    import dataclasses
+
+    builder = primed.sample_builder
+    samples = [s for s in (builder.dataset("train")[i] for i in range(12)) if len(s["decoder_prefix"]) == WINDOW]
+    config = builder.config
+    builder.config = dataclasses.replace(config, max_target_length=3)
+    try:
+        with caplog.at_level("WARNING", logger="vip5.data"):
+            batch = builder.collate(samples)
+            builder.collate(samples)
+    finally:
+        builder.config = config
+        builder._warned_target_truncation = False
+    assert batch["labels"].shape[1] == 3
+    assert [r.getMessage() for r in caplog.records].count(
+        f"targets of {WINDOW + 2} tokens are cut at max_target_length=3 (e.g. {samples[0]['template']}): raise it "
+        "or lower decoder_history / target_items") == 1
