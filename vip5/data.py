@@ -82,6 +82,12 @@ class PromptConfig:
     n_candidates: int = 100
     seed: int = 2022
 
+    def __post_init__(self) -> None:
+        for name in ("target_items", "decoder_history"):
+            low = 1 if name == "target_items" else 0
+            if getattr(self, name) < low:
+                raise ValueError(f"model.prompts.{name} must be >= {low}, got {getattr(self, name)}")
+
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "whole_word_ids", "image_feats", "tasks")
 

@@ -153,3 +153,12 @@ def test_cut_targets_are_reported_once(primed, caplog):
     assert [r.getMessage() for r in caplog.records].count(
         f"targets of {WINDOW + 2} tokens are cut at max_target_length=3 (e.g. {samples[0]['template']}): raise it "
         "or lower decoder_history / target_items") == 1
+
+
+def test_a_negative_window_is_refused():
+    from vip5.data import PromptConfig
+
+    with pytest.raises(ValueError, match="decoder_history must be >= 0, got -1"):
+        PromptConfig(decoder_history=-1)
+    with pytest.raises(ValueError, match="target_items must be >= 1, got 0"):
+        PromptConfig(target_items=0)
