@@ -1,6 +1,6 @@
 """Next-item targets per step: SASRec and a plain T5 at the same number of optimiser steps.
 
-    .venv/bin/python bench/vip5_targets.py DATA_DIR --model sasrec-one|sasrec-all|t5|t5-prefix [--steps 1500]
+    .venv/bin/python bench/vip5_targets.py DATA_DIR --model sasrec-one|sasrec-all|t5|t5-prefix|t5-causal [--steps 1500]
 
 Every variant trains with batch 64 at lr 1e-3 (SASRec: the baseline's constant Adam; T5: the VIP5 recipe's
 warm-up, linear decay and gradient clipping) and reports HR@10 / NDCG@10 on a fixed sample of test users (full
@@ -13,6 +13,12 @@ targets seen so far:
   previous items newest first, the decoder's first position predicts the next one (one target a sample).
 - ``t5-prefix``: the same T5, the newest history item fed as the decoder's first input and up to 8 later items as
   continued targets, every one of them predicted from the item before it.
+- ``t5-causal``: the same T5 with SASRec's targets: the user's sequence (up to 50 items) in the decoder, every
+  position predicting the next item; the encoder reads one constant token.
+
+T5 options: ``--emb_std`` (initial std of the embedding rows), ``--emb_lr`` (learning-rate multiple of the
+embedding table), ``--dropout``, ``--constant_lr``, ``--sasrec_optimizer`` (Adam with beta2 0.98, a constant rate,
+no clipping).
 
 It measures learning per step, not speed, so it can run while the machine does other work.
 """
