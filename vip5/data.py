@@ -170,8 +170,7 @@ class VIP5SampleBuilder(SampleBuilder):
         self.data: RecData | None = None
         self.predict_users: list[str] | None = None
         self.test_users: int | None = None  # a sample of test users (EvalConfig.test_users)
-        self._warned_truncation = False
-        self._warned_target_truncation = False
+        self._warned_cut: set[str] = set()  # sides (source, target) whose truncation was reported
 
     # -- connection ----------------------------------------------------------------------------
     @property
@@ -532,27 +531,29 @@ class VIP5SampleBuilder(SampleBuilder):
         }
 
     # -- batches -------------------------------------------------------------------------------
+    def _warn_cut(self, samples: list[dict[str, Any]], side: str, width: int, hint: str) -> None:
+        """Warn once per side (``source``/``target``) when a batch's texts were cut at their token limit."""
+        limit = getattr(self.config, f"max_{side}_length")
+        if side in self._warned_cut or width < limit:
+            return
+        full = max(len(x) for x in self.tokenizer([s[side] for s in samples])["input_ids"])
+        if full > limit:
+            self._warned_cut.add(side)
+            what = "prompts" if side == "source" else "targets"
+            log.warning("%s of %d tokens are cut at max_%s_length=%d (e.g. %s): raise it or lower %s",
+                        what, full, side, limit, samples[0]["template"], hint)
+
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.tokenizer
         c = self.config
         enc = tok([s["source"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_source_length, return_tensors="pt")
         input_ids = enc["input_ids"]
-        if not self._warned_truncation and input_ids.size(1) >= c.max_source_length:
-            full = max(len(x) for x in tok([s["source"] for s in samples])["input_ids"])
-            if full > c.max_source_length:
-                self._warned_truncation = True
-                log.warning("prompts of %d tokens are cut at max_source_length=%d (e.g. %s): raise it or lower "
-                            "max_history / n_candidates", full, c.max_source_length, samples[0]["template"])
+        self._warn_cut(samples, "source", input_ids.size(1), "max_history / n_candidates")
         wwids = batch_whole_word_ids(tok, input_ids, IMAGE_TOKEN, id_tokens=self.id_tokens)
         lab = tok([s["target"] for s in samples], padding=True, truncation=True,
                   max_length=c.max_target_length, return_tensors="pt")["input_ids"]
-        if not self._warned_target_truncation and lab.size(1) >= c.max_target_length:
-            full = max(len(x) for x in tok([s["target"] for s in samples])["input_ids"])
-            if full > c.max_target_length:
-                self._warned_target_truncation = True
-                log.warning("targets of %d tokens are cut at max_target_length=%d (e.g. %s): raise it or lower "
-                            "decoder_history / target_items", full, c.max_target_length, samples[0]["template"])
+        self._warn_cut(samples, "target", lab.size(1), "decoder_history / target_items")
         labels = lab.masked_fill(lab == tok.pad_token_id, -100).contiguous()
         n = self.n_images
         if n and self.features is not None:

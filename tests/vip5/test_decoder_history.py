@@ -148,7 +148,7 @@ def test_cut_targets_are_reported_once(primed, caplog):
             builder.collate(samples)
     finally:
         builder.config = config
-        builder._warned_target_truncation = False
+        builder._warned_cut.discard("target")
     assert batch["labels"].shape[1] == 3
     assert [r.getMessage() for r in caplog.records].count(
         f"targets of {WINDOW + 2} tokens are cut at max_target_length=3 (e.g. {samples[0]['template']}): raise it "
