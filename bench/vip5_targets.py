@@ -152,15 +152,9 @@ def main() -> None:
         def scores(hists: list[list[int]]) -> torch.Tensor:
             if args.model == "t5-causal":
                 dec = _right_pad([[0] + [i + 2 for i in h[-50:]] for h in hists])
-                lengths = dec.ne(0).sum(1)  # the start token is 0 too: last real position = count
-                x = torch.ones(len(hists), 1, dtype=torch.long)
-                mask = x.ne(0).long()
-                enc = t5.encoder(input_ids=x, attention_mask=mask).last_hidden_state
-                hidden = t5.decoder(input_ids=dec, encoder_hidden_states=enc, encoder_attention_mask=mask,
-                                    attention_mask=(torch.arange(dec.shape[1])[None] <= lengths[:, None]).long()
-                                    ).last_hidden_state
-                hidden = hidden[torch.arange(len(hists)), lengths]
-                return t5.lm_head(hidden * t5.model_dim**-0.5)[:, 2:]
+                newest = torch.full_like(dec, -100)  # scores read at each row's newest item (0 = start or padding)
+                newest[torch.arange(len(hists)), dec.ne(0).sum(1)] = 0
+                return item_logits(torch.ones(len(hists), 1, dtype=torch.long), dec, newest)
             x = encoder_input(hists)
             dec = torch.zeros(len(hists), 1, dtype=torch.long)
             return item_logits(x, torch.cat([dec, x[:, :1]], 1) if prefix else dec)

@@ -25,6 +25,7 @@ from common.metrics.ranking import hit_at_k, ndcg_at_k
 from common.metrics.text import bleu4, rouge
 from vip5.candidate_scoring import score_candidates, t5_decode_fn, t5_self_attention
 from vip5.data import model_inputs, select_rows
+from vip5.sasrec import left_pad
 from vip5.trie import ItemTrie, TrieLogitsProcessor, rank_beams
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,10 @@ class Evaluator:
         prefixes = self.decoder_prefixes(samples)
         if not any(prefixes):
             return {}
-        start, pad = self.model.t5.config.decoder_start_token_id, self.builder.tokenizer.pad_token_id
-        width = 1 + max(map(len, prefixes))
-        ids = torch.full((len(samples), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(samples), width), dtype=torch.long)
-        for r, prefix in enumerate(prefixes):
-            ids[r, width - 1 - len(prefix):] = torch.tensor([start, *prefix], dtype=torch.long)
-            mask[r, width - 1 - len(prefix):] = 1
+        start = self.model.t5.config.decoder_start_token_id
+        ids = left_pad([[start, *prefix] for prefix in prefixes], max_len=1 + max(map(len, prefixes)))
+        lengths = torch.tensor([1 + len(prefix) for prefix in prefixes])
+        mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - lengths[:, None]).long()
         device = next(self.model.parameters()).device
         return {"decoder_input_ids": ids.to(device), "decoder_attention_mask": mask.to(device)}
 
